@@ -1,0 +1,1 @@
+"""Trainers: ``ssl`` (views -> encoder -> loss -> step) and ``linear_eval`` (frozen features)."""
