@@ -16,6 +16,8 @@ from shared import data
 def dvc(args, cwd):
     bin_dir = str(Path(sys.executable).parent)  # `python` in the stage commands is this venv's
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    if env.get("REPRO_DATA_DIR"):  # the stages run in `cwd`, so a relative data root must be made absolute
+        env["REPRO_DATA_DIR"] = str(Path(env["REPRO_DATA_DIR"]).resolve())
     return subprocess.run([str(Path(bin_dir) / "dvc"), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
