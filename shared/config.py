@@ -223,7 +223,7 @@ class SuiteConfig:
 
 
 SUITE_KEYS = ("scale", "seed", "device", "data", "tracking")
-STAGE_SECTIONS = ("prepare", "scales")  # read by the stages of the top-level dvc.yaml
+STAGE_SECTIONS = ("prepare", "extractor", "scales")  # read by the stages of the top-level dvc.yaml
 
 
 def load_suite(path: str | os.PathLike = REPO_ROOT / "params.yaml") -> SuiteConfig:

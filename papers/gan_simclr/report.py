@@ -1,0 +1,456 @@
+"""Stage `report`: Table 1, Figures 3 and 4 and the paper's three claims, from the pretrain metrics.
+
+    python -m papers.gan_simclr.report --reported papers/gan_simclr/reported.yaml \\
+        --metrics-dir papers/gan_simclr/outputs/pretrain --scale mini \\
+        --out papers/gan_simclr/results/mini [--log]
+
+Reads every ``*.json`` under --metrics-dir (recursively) that is a pretrain metrics file: one per
+(optimizer, fake_count, seed), with ``row``, ``seed``, ``metrics.linear_eval_acc``, ``fake_count``,
+``real_count``, ``optimizer`` and ``curve`` ([{epoch, linear_test_acc}], epochs counted from 1).
+Files without ``paper`` / ``row`` (a seed the scale skips writes ``{"skipped": ...}``) and files
+under --out are passed over. A file of another scale raises (shared.tracking.compare).
+
+Writes into --out, atomically:
+  table1.md / .json   reported vs reproduced, mean ± sample std (ddof=1) over seeds
+  figure3.png         linear-eval accuracy per pre-training epoch, a curve per fake count
+                      (mean, ± std band), a panel per optimiser
+  figure4.png / .json accuracy at equal compute (Sec. 5.2), see :func:`equal_compute`
+  claims.json         the three claims' numbers, rules and verdicts, see :func:`claims`
+With --log, the table and these files go to the MLflow comparison run `compare/table1/<scale>`.
+
+Deviation (documented, on purpose): the paper gives no statistical test. A claim's verdict here
+uses a simple rule, a difference against the combined std sqrt(s1^2 + s2^2) of the two setups'
+seed spreads, which needs at least 2 seeds per setup: with one seed (std unknown) every verdict
+is "inconclusive". Sec. 5.2 says "200 epochs for 1000 fake samples"; the 10000-fake setup is
+meant (5000 / 15000 * 600 = 200), and 10000 is what is used.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from shared.io import atomic_write, atomic_write_text
+from shared.tracking import SCALES, Comparison, SchemaError, compare, log_comparison, provenance
+
+PAPER, TABLE = "gan_simclr", "table1"
+OPTIMIZERS = {"adam": "Adam", "lars": "LARS"}  # metrics-file name -> the paper's label
+FAKE_COUNTS = (0, 2500, 5000, 10000)  # Table 1's setups, all with 5000 real images
+HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+STD_NOTE = "sample std over seeds (ddof=1); None below 2 seeds"
+EQUAL_COMPUTE_RULE = (
+    "budget B = min over setups of (last epoch every seed evaluated) * (Nr + Nf) / Nr, in "
+    "baseline-epoch equivalents (the baseline's final epoch when all setups ran equally long); "
+    "each setup is read at its curve point at or just below B * Nr / (Nr + Nf)")
+
+
+@dataclasses.dataclass
+class Run:
+    """One pretrain metrics file: a (row, seed) with its final accuracy and its curve."""
+    path: Path
+    row: str
+    optimizer: str
+    fake_count: int
+    real_count: int
+    seed: int
+    final: float
+    curve: dict[int, float]  # epoch -> linear-eval test accuracy (%)
+
+
+def row_id(optimizer: str, fake_count: int) -> str:
+    return f"{optimizer}_fake{fake_count}"
+
+
+def _stats(values: list[float]) -> dict:
+    xs = np.asarray(values, dtype=float)
+    return {"mean": float(xs.mean()), "std": float(xs.std(ddof=1)) if len(xs) >= 2 else None,
+            "n": len(xs)}
+
+
+# ---------------------------------------------------------------- reading the metrics files
+
+def metrics_files(metrics_dir: str | Path, exclude: str | Path | None = None) -> list[Path]:
+    """The pretrain metrics files under ``metrics_dir`` (see the module docstring), sorted."""
+    metrics_dir = Path(metrics_dir)
+    if not metrics_dir.is_dir():
+        raise FileNotFoundError(f"metrics folder {metrics_dir} does not exist; make it with the "
+                                f"pretrain stage (dvc repro papers/gan_simclr/dvc.yaml)")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for path in sorted(metrics_dir.rglob("*.json")):
+        if skip is not None and path.resolve().is_relative_to(skip):
+            continue  # our own outputs (table1.json, figure4.json) when --out lies inside
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SchemaError(f"{path}: cannot read metrics file: {e}") from e
+        if isinstance(data, dict) and ("paper" in data or "row" in data) and "skipped" not in data:
+            found.append(path)
+    return found
+
+
+def _need(data: dict, key: str, kinds: tuple, path: Path):
+    value = data.get(key)
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise SchemaError(f"{path}: {key}: expected {'/'.join(k.__name__ for k in kinds)}, got {value!r}")
+    return value
+
+
+def load_runs(files: list[Path], scale: str) -> list[Run]:
+    """The table1 runs of gan_simclr among ``files``; raises naming the file and key on a bad one."""
+    runs = []
+    for path in files:
+        data = json.loads(Path(path).read_text())
+        if data.get("paper") != PAPER or data.get("table") != TABLE:
+            continue
+        if data.get("scale") != scale:
+            raise ValueError(f"{path}: scale {data.get('scale')!r} but reporting scale {scale!r}")
+        optimizer = _need(data, "optimizer", (str,), path)
+        fake_count = _need(data, "fake_count", (int,), path)
+        real_count = _need(data, "real_count", (int,), path)
+        if optimizer not in OPTIMIZERS or data["row"] != row_id(optimizer, fake_count) or real_count < 1:
+            raise SchemaError(f"{path}: row {data['row']!r} does not match optimizer {optimizer!r}, "
+                              f"fake_count {fake_count}, real_count {real_count}")
+        curve = {}
+        for i, point in enumerate(_need(data, "curve", (list,), path)):
+            if not isinstance(point, dict):
+                raise SchemaError(f"{path}: curve[{i}]: expected a mapping, got {point!r}")
+            epoch = _need(point, "epoch", (int,), path)
+            curve[epoch] = float(_need(point, "linear_test_acc", (int, float), path))
+        runs.append(Run(Path(path), data["row"], optimizer, fake_count, real_count,
+                        _need(data, "seed", (int,), path),
+                        float(data["metrics"]["linear_eval_acc"]), curve))
+    for row in {r.row for r in runs}:
+        counts = {r.real_count for r in runs if r.row == row}
+        if len(counts) > 1:
+            raise ValueError(f"row {row!r}: seeds disagree on real_count ({sorted(counts)})")
+    return runs
+
+
+def setups(runs: list[Run], optimizer: str) -> dict[int, list[Run]]:
+    """{fake_count: that setup's runs (one per seed)} for ``optimizer``, by fake count."""
+    out: dict[int, list[Run]] = {}
+    for r in sorted(runs, key=lambda r: (r.fake_count, r.seed)):
+        if r.optimizer == optimizer:
+            out.setdefault(r.fake_count, []).append(r)
+    return out
+
+
+def common_epochs(runs: list[Run]) -> list[int]:
+    """Epochs every seed of a setup evaluated (a band over fewer seeds would mislead)."""
+    return sorted(set.intersection(*(set(r.curve) for r in runs)))
+
+
+def curve_stats(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(epochs, mean, std or None below 2 seeds) over the seeds of one setup."""
+    epochs = common_epochs(runs)
+    acc = np.array([[r.curve[e] for e in epochs] for r in runs], dtype=float).reshape(len(runs), -1)
+    return np.array(epochs), acc.mean(0), acc.std(0, ddof=1) if len(runs) >= 2 else None
+
+
+def compute(epoch: float, real_count: int, fake_count: int) -> float:
+    """Pre-training compute in baseline-epoch equivalents: an epoch over Nr + Nf images costs
+    (Nr + Nf) / Nr epochs over the Nr real images alone (Sec. 5.2)."""
+    return epoch * (real_count + fake_count) / real_count
+
+
+# ---------------------------------------------------------------- Figure 4: equal compute
+
+def equal_compute(runs: list[Run]) -> dict:
+    """Accuracy at the largest compute budget every setup reached, per optimiser (Sec. 5.2).
+
+    The budget, in baseline-epoch equivalents, is the smallest over the setups of (its last
+    epoch evaluated by every seed) * (Nr + Nf) / Nr. With every setup trained for E epochs that is
+    the baseline's E (600 in the paper). A setup with Nf fakes is then read at the curve point at
+    or just below E * Nr / (Nr + Nf) (paper: 600, 400, 300, 200 epochs for 0, 2.5k, 5k, 10k),
+    mean ± std over seeds. A setup whose first point lies beyond its target gets no value.
+    """
+    out = {}
+    for optimizer in OPTIMIZERS:
+        by_fakes = setups(runs, optimizer)
+        reach = {k: compute(common_epochs(rs)[-1], rs[0].real_count, k)
+                 for k, rs in by_fakes.items() if common_epochs(rs)}
+        budget = min(reach.values()) if reach else None
+        entries = {}
+        for k, rs in by_fakes.items():
+            epochs = common_epochs(rs)
+            target = None if budget is None else budget * rs[0].real_count / (rs[0].real_count + k)
+            # 1e-9 relative: 12 * 5000 / 7500 must pick epoch 8, not 6
+            below = [e for e in epochs if target is not None and e <= target * (1 + 1e-9)]
+            epoch = below[-1] if below else None
+            values = [r.curve[epoch] for r in rs] if epoch is not None else []
+            entry = {"row": row_id(optimizer, k), "fake_count": k, "real_count": rs[0].real_count,
+                     "target_epoch": target, "epoch": epoch,
+                     "compute": None if epoch is None else compute(epoch, rs[0].real_count, k),
+                     "seeds": [r.seed for r in rs], "values": values,
+                     **(_stats(values) if values else {"mean": None, "std": None, "n": 0})}
+            entries[str(k)] = entry
+        out[optimizer] = {"budget_baseline_epochs": budget, "by_fake_count": entries}
+    return out
+
+
+# ---------------------------------------------------------------- claims
+
+def _combined(a: dict, b: dict) -> float | None:
+    if a["std"] is None or b["std"] is None:
+        return None
+    return math.hypot(a["std"], b["std"])
+
+
+def _numbers(stats: dict[int, dict | None]) -> dict:
+    return {str(k): v for k, v in stats.items()}
+
+
+def more_fakes_better(stats: dict[int, dict | None]) -> dict:
+    """Claim (a)'s rule on {fake_count: {mean, std, n} or None (not run)}."""
+    rule = ("holds if the means increase strictly with the fake count AND mean(most fakes) - "
+            "mean(0 fakes) > sqrt(s_most^2 + s_0^2); does not hold if mean(most fakes) is below "
+            "mean(0 fakes) by more than that; else inconclusive. Needs >= 2 seeds (std known)")
+    out = {"rule": rule, "numbers": _numbers(stats)}
+    ks = sorted(stats)
+    base, most = stats[ks[0]], stats[ks[-1]]
+    if base is None or most is None:
+        return {**out, "verdict": INCONCLUSIVE, "reason": f"not run: {ks[0]} or {ks[-1]} fakes"}
+    diff, comb = most["mean"] - base["mean"], _combined(most, base)
+    out.update(difference=diff, combined_std=comb)
+    if comb is None:
+        return {**out, "verdict": INCONCLUSIVE, "reason": "fewer than 2 seeds: std unknown"}
+    if -diff > comb:  # decided by the two ends alone, even with a middle setup not run
+        return {**out, "verdict": FAILS, "reason": f"{ks[-1]} fakes below 0 fakes: {diff:+.2f}, "
+                                                   f"beyond {comb:.2f}"}
+    if missing := [k for k, s in stats.items() if s is None]:
+        return {**out, "verdict": INCONCLUSIVE, "reason": f"not run: fake counts {missing}"}
+    monotone = all(stats[a]["mean"] < stats[b]["mean"] for a, b in zip(ks, ks[1:]))
+    out["monotone"] = monotone
+    if monotone and diff > comb:
+        return {**out, "verdict": HOLDS, "reason": f"monotone, and {diff:+.2f} > {comb:.2f}"}
+    return {**out, "verdict": INCONCLUSIVE,
+            "reason": f"monotone={monotone}, difference {diff:+.2f} vs combined std {comb:.2f}"}
+
+
+def is_best(stats: dict[int, dict | None], target: int) -> dict:
+    """Claims (b) and (c)'s rule: is setup ``target`` the best of ``stats``?"""
+    rule = (f"holds if {target} fakes has the highest mean and beats the runner-up by more than "
+            f"sqrt(s1^2 + s2^2); does not hold if another setup beats it by more than their "
+            f"combined std; else inconclusive. Needs >= 2 seeds (std known)")
+    out = {"rule": rule, "numbers": _numbers(stats)}
+    best = stats.get(target)
+    if best is None:
+        return {**out, "verdict": INCONCLUSIVE, "reason": f"{target} fakes not run"}
+    others = {k: s for k, s in stats.items() if k != target and s is not None}
+    for k, s in sorted(others.items()):
+        comb = _combined(best, s)
+        if comb is not None and s["mean"] - best["mean"] > comb:
+            return {**out, "verdict": FAILS, "beaten_by": k, "difference": s["mean"] - best["mean"],
+                    "combined_std": comb,
+                    "reason": f"{k} fakes beats it by {s['mean'] - best['mean']:.2f} > {comb:.2f}"}
+    if missing := [k for k, s in stats.items() if s is None]:
+        return {**out, "verdict": INCONCLUSIVE, "reason": f"not run: fake counts {missing}"}
+    if not others:
+        return {**out, "verdict": INCONCLUSIVE, "reason": "nothing to compare with"}
+    runner = max(others, key=lambda k: others[k]["mean"])
+    margin, comb = best["mean"] - others[runner]["mean"], _combined(best, others[runner])
+    out.update(runner_up=runner, difference=margin, combined_std=comb)
+    if comb is None:
+        return {**out, "verdict": INCONCLUSIVE, "reason": "fewer than 2 seeds: std unknown"}
+    if margin > comb:
+        return {**out, "verdict": HOLDS, "reason": f"beats {runner} fakes by {margin:.2f} > {comb:.2f}"}
+    return {**out, "verdict": INCONCLUSIVE,
+            "reason": f"margin over {runner} fakes {margin:+.2f} vs combined std {comb:.2f}"}
+
+
+def claims(table_stats: dict[str, dict[int, dict | None]], figure4: dict) -> list[dict]:
+    """The paper's three claims, each with its numbers, rule and verdict.
+
+    ``table_stats``: {optimizer: {fake_count: {mean, std, n} or None}} from Table 1's rows.
+    """
+    adam_equal = {int(k): (None if e["mean"] is None else {x: e[x] for x in ("mean", "std", "n")})
+                  for k, e in figure4["adam"]["by_fake_count"].items()}
+    adam_equal = {k: adam_equal.get(k) for k in sorted(set(FAKE_COUNTS) | set(adam_equal))}
+    return [
+        {"id": "a", "claim": "more fake images give higher accuracy with LARS",
+         "source": "Sec. 5.1; Table 1 caption; Figure 3 caption", "data": "table1 lars rows",
+         **more_fakes_better(table_stats["lars"])},
+        {"id": "b", "claim": "10k fakes are best with Adam",
+         "source": "Sec. 5.1; Table 1 caption", "data": "table1 adam rows",
+         **is_best(table_stats["adam"], 10000)},
+        {"id": "c", "claim": "at equal compute the baseline is best with Adam",
+         "source": "Sec. 5.2; Figure 4 caption", "data": "figure4.json adam",
+         **is_best(adam_equal, 0)},
+    ]
+
+
+# ---------------------------------------------------------------- figures
+
+def _figure(ncols: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display, no pyplot state
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5 * ncols, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _save_png(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def _color(fake_count: int) -> str:
+    """One colour per fake count in both panels and both figures, whichever setups ran."""
+    return f"C{FAKE_COUNTS.index(fake_count)}" if fake_count in FAKE_COUNTS else "gray"
+
+
+def _band(ax, x, mean, std, label, color):
+    line, = ax.plot(x, mean, marker="o", markersize=3, label=label, color=color)
+    if std is not None:
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def _not_run(ax):
+    ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def figure3(runs: list[Run], scale: str, path: Path) -> None:
+    fig, axes = _figure(len(OPTIMIZERS))
+    for ax, (optimizer, label) in zip(axes, OPTIMIZERS.items()):
+        by_fakes = setups(runs, optimizer)
+        for k, rs in by_fakes.items():
+            epochs, mean, std = curve_stats(rs)
+            _band(ax, epochs, mean, std, f"{k} fake (n={len(rs)})", _color(k))
+        if not by_fakes:
+            _not_run(ax)
+        else:
+            ax.legend(fontsize=8)
+        ax.set(title=label, xlabel="pre-training epoch", ylabel="linear eval accuracy (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"gan_simclr Figure 3: linear eval accuracy vs epoch, scale {scale} (mean ± std over seeds)")
+    _save_png(fig, path)
+
+
+def figure4(runs: list[Run], equal: dict, scale: str, path: Path) -> None:
+    fig, axes = _figure(len(OPTIMIZERS))
+    for ax, (optimizer, label) in zip(axes, OPTIMIZERS.items()):
+        by_fakes = setups(runs, optimizer)
+        for k, rs in by_fakes.items():
+            epochs, mean, std = curve_stats(rs)
+            line = _band(ax, compute(epochs, rs[0].real_count, k), mean, std, f"{k} fake (n={len(rs)})",
+                         _color(k))
+            e = equal[optimizer]["by_fake_count"][str(k)]
+            if e["mean"] is not None:
+                ax.plot([e["compute"]], [e["mean"]], "*", markersize=11, color=line.get_color())
+        budget = equal[optimizer]["budget_baseline_epochs"]
+        if budget is not None:
+            ax.axvline(budget, color="k", linestyle="--", linewidth=1, label=f"equal compute ({budget:g})")
+        if not by_fakes:
+            _not_run(ax)
+        else:
+            ax.legend(fontsize=8)
+        ax.set(title=label, xlabel="compute (baseline-epoch equivalents: epoch × (Nr+Nf)/Nr)",
+               ylabel="linear eval accuracy (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"gan_simclr Figure 4: accuracy at equal compute, scale {scale} (★ = value compared)")
+    _save_png(fig, path)
+
+
+# ---------------------------------------------------------------- the stage
+
+@dataclasses.dataclass
+class Report:
+    comparison: Comparison
+    figure4: dict
+    claims: list[dict]
+    paths: dict[str, Path]
+    run_id: str | None = None
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2, default=str) + "\n"
+
+
+def gan_quality(gan_metrics: str | Path, scale: str) -> dict:
+    """The GAN's sample quality from the train_gan stage's metrics.json, with its detector's label."""
+    summary = json.loads(Path(gan_metrics).read_text())
+    if summary.get("scale") != scale:
+        raise ValueError(f"{gan_metrics} is from scale {summary.get('scale')!r}, the report is for {scale!r}")
+    keep = ("fid_label", "fid_samples", "fid_reference", "best", "final", "steps", "kimg", "train_images", "method")
+    return {"paper": PAPER, "scale": scale, **{k: summary.get(k) for k in keep}}
+
+
+def make_report(reported: str | Path, metrics_dir: str | Path, scale: str, out: str | Path,
+                log: bool = False, tracking_uri: str | None = None, gan_metrics: str | Path | None = None) -> Report:
+    """Everything the module docstring lists, for one scale; returns what it wrote."""
+    out = Path(out)
+    quality = gan_quality(gan_metrics, scale) if gan_metrics is not None else None
+    files = metrics_files(metrics_dir, exclude=out)
+    if not files:
+        print(f"warning: no metrics files under {metrics_dir}; every row is 'not run'", file=sys.stderr)
+    # compare first: it validates every file and raises on another scale or paper, or an unknown row
+    comparison = compare(reported, files, TABLE, scale, out)
+    runs = load_runs(files, scale)
+    by_id = {r.id: r for r in comparison.rows}
+    table_stats = {
+        optimizer: {k: (None if (row := by_id.get(row_id(optimizer, k))) is None or row.n == 0 else
+                        {"mean": row.reproduced_mean, "std": row.reproduced_std, "n": row.n})
+                    for k in FAKE_COUNTS}
+        for optimizer in OPTIMIZERS}
+    equal = equal_compute(runs)
+    verdicts = claims(table_stats, equal)
+    prov = provenance()
+    paths = {name: out / name for name in ("figure3.png", "figure4.png", "figure4.json", "claims.json")}
+    figure3(runs, scale, paths["figure3.png"])
+    figure4(runs, equal, scale, paths["figure4.png"])
+    atomic_write_text(paths["figure4.json"], _json({
+        "paper": PAPER, "scale": scale, "metric": "linear_test_acc", "unit": "%", "std": STD_NOTE,
+        "rule": EQUAL_COMPUTE_RULE,
+        "optimizers": equal, **prov}))
+    atomic_write_text(paths["claims.json"], _json({
+        "paper": PAPER, "scale": scale, "std": STD_NOTE,
+        "note": "single seed (std unknown) -> inconclusive; the rules are this suite's, not the paper's",
+        "claims": verdicts, "verdicts": {c["id"]: c["verdict"] for c in verdicts}, **prov}))
+    if quality is not None:
+        paths["gan_quality.json"] = out / "gan_quality.json"
+        atomic_write_text(paths["gan_quality.json"], _json({**quality, **prov}))
+    report = Report(comparison, equal, verdicts,
+                    {"table1.md": comparison.md_path, "table1.json": comparison.json_path, **paths})
+    if log:
+        report.run_id = log_comparison(comparison, tracking_uri, extra_artifacts=list(paths.values()))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m papers.gan_simclr.report",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--reported", type=Path, default=Path(__file__).with_name("reported.yaml"))
+    parser.add_argument("--metrics-dir", type=Path, required=True, help="the pretrain stage's outputs")
+    parser.add_argument("--scale", required=True, choices=SCALES)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--gan-metrics", type=Path, default=None,
+                        help="the train_gan stage's metrics.json: its FID goes into gan_quality.json")
+    parser.add_argument("--log", action="store_true", help="log the comparison run to MLflow")
+    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or <repo>/mlflow")
+    args = parser.parse_args(argv)
+    try:
+        report = make_report(args.reported, args.metrics_dir, args.scale, args.out, args.log,
+                             args.tracking_uri, args.gan_metrics)
+    except (FileNotFoundError, ValueError) as err:  # SchemaError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.comparison.md_path.read_text(), end="")
+    for c in report.claims:
+        print(f"claim ({c['id']}) {c['claim']}: {c['verdict']} ({c['reason']})")
+    if report.run_id is not None:
+        print(f"logged to MLflow run {report.run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

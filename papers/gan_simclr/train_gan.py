@@ -1,0 +1,92 @@
+"""Stage `train_gan`: StyleGAN2 with DiffAugment on the 5k CIFAR-10 subset (never the test images).
+
+    python -m papers.gan_simclr.train_gan --out papers/gan_simclr/outputs/gan
+
+Writes `<out>/best.pt` (G_ema at the best FID), `<out>/checkpoint.pt` (resumable),
+`<out>/samples/*.png` (grids from G_ema), `<out>/metrics.json` and `<out>/config.yaml`.
+FID is measured on `fid_samples` G_ema samples against the full CIFAR-10 test set,
+with Inception weights when `metrics.inception_weights` names a file, otherwise with
+the suite's in-domain extractor; the metric key says which (`fid_inception` / `fid_indomain`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from papers.gan_simclr.config import PARAMS, GANStageConfig
+from papers.gan_simclr.pretrain import fresh_start_if_config_changed
+from shared import checkpoint, config, data, metrics, tracking
+from shared.device import pick_device, to_device
+from shared.gan_losses import nonsaturating
+from shared.io import atomic_write_text
+from shared.models.stylegan2 import stylegan2
+from shared.trainers.gan import sample_images, train_gan
+
+
+def run(args: argparse.Namespace) -> dict:
+    suite = config.load_suite(args.suite_params)
+    cfg = config.load_section(GANStageConfig, args.params, "gan", suite.scale)
+    out = Path(args.out)
+    device = pick_device(suite.device)
+    checkpoint.seed_everything(suite.seed)
+
+    x, y = data.load_prepared(args.prepared, "train")
+    subset = data.load_indices(args.subset)
+    loader = data.DeviceLoader(torch.from_numpy(x[subset]), torch.from_numpy(y[subset]),
+                               batch_size=cfg.train.batch_size, shuffle=True, drop_last=True, seed=suite.seed,
+                               device=device)
+    test_x, _ = data.load_prepared(args.prepared, "test")
+    scorer = metrics.make_scorer(test_x, cfg.metrics.inception_weights, cfg.metrics.extractor, device,
+                                 cfg.metrics.is_splits)
+    fid_key = f"fid_{scorer.kind}"
+    # The best checkpoint is the lowest FID under the detector actually used.
+    train_cfg = dataclasses.replace(cfg.train, best_key=fid_key)
+
+    G, D = stylegan2(cfg.architecture)
+    G, D = to_device(G, device), to_device(D, device)
+    method = nonsaturating(cfg.policy)
+    evaluate = lambda G_ema, step: scorer.score(  # noqa: E731
+        sample_images(G_ema, cfg.fid_samples, 250, seed=step, device=device))
+
+    resolved = {"scale": suite.scale, "gan": config.to_dict(cfg), "fid": scorer.label}
+    fresh_start_if_config_changed(out, resolved)
+    with tracking.stage_logger(suite, "gan_simclr", "train_gan", resolved, stage="train_gan",
+                               method=method.name) as log:
+        result = train_gan(train_cfg, G, D, method, loader, out_dir=out, logger=log, device=device,
+                           z_dim=cfg.architecture.z_dim, evaluate=evaluate)
+        summary = {
+            "paper": "gan_simclr", "stage": "train_gan", "scale": suite.scale, "method": method.name,
+            "fid_label": scorer.label, "fid_samples": cfg.fid_samples, "fid_reference": "CIFAR-10 test set",
+            "best": result.best, "final": result.history[-1], "history": result.history,
+            "steps": result.steps, "kimg": result.steps * cfg.train.batch_size / 1000,
+            "train_images": len(subset), **tracking.provenance(),
+        }
+        atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+        log.log_dict(summary, "metrics.json")
+    print(f"train_gan: best {fid_key} {result.best} ({scorer.label}; {suite.scale})")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--prepared", default="data/prepared/cifar10")
+    parser.add_argument("--subset", default="data/subsets/cifar10_5k.npy")
+    parser.add_argument("--params", type=Path, default=PARAMS)
+    parser.add_argument("--suite-params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (config.ConfigError, data.DataNotFoundError, metrics.WeightsNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

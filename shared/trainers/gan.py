@@ -1,0 +1,357 @@
+"""The GAN trainer: one explicit loop for any (d_loss, g_loss) method.
+
+Read top to bottom: optimisers and G_ema, resume from the checkpoint if there is
+one, then per step: `d_steps_per_g` D steps (a real batch, fakes from G without
+gradient, the method's D loss, plus R1 on the reals every `r1_interval`-th D
+step), one G step (the method's G loss through D), and the EMA update of G_ema;
+log, sample a grid from G_ema, evaluate, checkpoint. A resumed run repeats exactly
+what the uninterrupted run would have done: the checkpoint holds G, D, G_ema, both
+optimisers, the step, the loader position (epoch, batch) and every RNG, and
+sampling and evaluation leave the RNGs as they found them.
+
+Defaults are DiffAugment-StyleGAN2's CIFAR settings (mit-han-lab/data-efficient-gans,
+DiffAugment-stylegan2/run_cifar.py and training/{training_loop,loss}.py, TF), the
+code gan_simclr used. What the official codes do, for the record:
+- DiffAugment TF (run_cifar.py): batch 32, Adam lr 0.002 betas (0, 0.99) eps 1e-8 for
+  both nets, R1 gamma 0.1 applied every step (lazy_regularization=False), with the
+  gradient taken at the *augmented* reals (`ns_r1_DiffAugment` reassigns `reals`
+  before D sees them), style mixing 0.9, no path-length regularisation, reals
+  mirrored, EMA half-life 1000 kimg and G_ema = G until 1000 kimg, 25000 kimg in all.
+- DiffAugment PyTorch port / stylegan2-ada-pytorch `--cfg=cifar`: batch 64, lr 0.0025,
+  R1 gamma 0.01 lazily every 16 D steps as a separate phase, gradient at the
+  *un-augmented* reals (through the augmentation), EMA 500 kimg with ramp-up 0.05,
+  no style mixing, no path length, D architecture "orig".
+- ContraD (train_stylegan2.py): batch 64, lr 0.002 betas (0, 0.99), R1 lazily every 16
+  steps at the augmented reals, style mixing 0.9, EMA half-life 20 kimg.
+
+Deviations, on purpose: the D steps come before the G step (the official loops run
+G first); lazy R1 is added to that step's D loss with weight gamma/2 * r1_interval
+(as DiffAugment's TF loop and ContraD do), not a separate optimiser step, so there
+is no Adam lr/beta correction for it; R1 runs its own D forward on a fresh
+augmentation of the reals.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from shared import checkpoint
+from shared.device import autocast, prepare_batch
+from shared.gan_losses import Augment, GANMethod, r1_penalty
+from shared.io import atomic_write
+from shared.tracking import Logger
+from shared.trainers.ssl import EpochLoader, NonFiniteLossError
+
+Evaluate = Callable[[nn.Module, int], dict[str, float]]
+
+
+@dataclasses.dataclass
+class GANConfig:
+    """GAN training protocol. Defaults: DiffAugment-StyleGAN2 on CIFAR-10 (TF run_cifar.py)."""
+    steps: int = 781_250  # G updates: 25000 kimg at batch 32
+    batch_size: int = 32
+    lr_g: float = 0.002
+    lr_d: float = 0.002
+    betas: tuple[float, float] = (0.0, 0.99)
+    r1_gamma: float = 0.1  # run_cifar.py --gamma; the penalty is weighted gamma / 2
+    r1_interval: int = 1  # D steps between R1 terms (1: every step, as DiffAugment TF; 16: StyleGAN2's lazy R1; 0: off)
+    r1_input: Literal["augmented", "clean"] = "augmented"  # where R1's gradient is taken (see the module docstring)
+    ema_kimg: float = 1000.0  # half-life of G_ema in thousands of G images: beta = 0.5 ** (batch / (ema_kimg * 1000))
+    ema_start_kimg: float = 1000.0  # G_ema copies G before this many kimg (DiffAugment: ema_start = ema_kimg)
+    ema_rampup: float = 0.0  # ADA: half-life at most ema_rampup * images seen so far; 0 disables
+    style_mixing_prob: float = 0.9
+    mirror: bool = True  # x-flip each real with probability 0.5 (run_cifar.py mirror_augment=True)
+    d_steps_per_g: int = 1
+    log_every: int = 100  # steps
+    sample_every: int = 5000  # steps; the last step always samples
+    checkpoint_every: int = 5000  # steps; the last step always checkpoints
+    eval_every: int = 10_000  # steps; the last step always evaluates
+    best_key: str = "fid"  # evaluation metric whose minimum is kept as best.pt
+    n_sample_grid: int = 64
+    sample_seed: int = 0  # the grid's fixed latents (and noise) come from this seed
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "d_steps_per_g", "log_every", "sample_every", "checkpoint_every",
+                     "eval_every", "n_sample_grid"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_g <= 0 or self.lr_d <= 0:
+            raise ValueError(f"lr_g and lr_d must be > 0, got {self.lr_g}, {self.lr_d}")
+        self.betas = tuple(float(b) for b in self.betas)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        for name in ("r1_gamma", "r1_interval", "ema_kimg", "ema_start_kimg", "ema_rampup"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.r1_input not in ("augmented", "clean"):
+            raise ValueError(f"r1_input must be 'augmented' or 'clean', got {self.r1_input!r}")
+        if not 0 <= self.style_mixing_prob <= 1:
+            raise ValueError(f"style_mixing_prob must be in [0, 1], got {self.style_mixing_prob}")
+
+
+@dataclasses.dataclass
+class GANResult:
+    G_ema: nn.Module
+    history: list[dict[str, float]]  # one entry per evaluation, each with its "step"
+    best: dict[str, float] | None  # {"step": s, best_key: value} of the best evaluation
+    steps: int
+
+
+# ---------------------------------------------------------------- helpers
+
+class _RNGPreserved:
+    """Run a block (sampling, evaluation) without moving any RNG the training loop draws from."""
+
+    def __enter__(self):
+        self.state = checkpoint.rng_state()
+
+    def __exit__(self, *exc):
+        checkpoint.set_rng_state(self.state)
+        return False
+
+
+def _generate(G: nn.Module, z: Tensor, style_mixing_prob: float = 0.0, truncation_psi: float = 1.0) -> Tensor:
+    # Options are passed only when used, so generators without them (SNDCGAN) work too.
+    kwargs = {}
+    if style_mixing_prob > 0:
+        kwargs["style_mixing_prob"] = style_mixing_prob
+    if truncation_psi != 1:
+        kwargs["truncation_psi"] = truncation_psi
+    return G(z, **kwargs)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Images in [-1, 1] -> uint8 [0, 255] (the official rounding: x * 127.5 + 128, clamped, truncated)."""
+    return (x.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def to_model_range(x: Tensor, device: torch.device) -> Tensor:
+    """uint8 images (B, C, H, W) -> float in [-1, 1] on `device`, in the model's memory format."""
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        raise ValueError(f"the GAN trainer expects uint8 (B, C, H, W) batches, got {x.dtype} {tuple(x.shape)}")
+    return prepare_batch(x.to(device).float() / 127.5 - 1, device)
+
+
+@torch.no_grad()
+def sample_images(G_ema: nn.Module, n: int, batch_size: int, seed: int, device: torch.device,
+                  truncation_psi: float = 1.0, z_dim: int | None = None) -> Tensor:
+    """`n` uint8 images (n, C, H, W) on the CPU from G_ema in eval mode, deterministic by `seed`.
+
+    Latents and per-layer noise are drawn from the global RNGs seeded with `seed` inside
+    a block that restores them afterwards, so sampling never perturbs training. The
+    same (seed, batch_size) gives the same images.
+    """
+    z_dim = G_ema.z_dim if z_dim is None else z_dim
+    was_training = G_ema.training
+    G_ema.eval()
+    out = []
+    with _RNGPreserved():
+        torch.manual_seed(seed)
+        z = torch.randn(n, z_dim, device=device)
+        for chunk in z.split(batch_size):
+            with autocast(device):
+                out.append(to_uint8(_generate(G_ema, chunk, truncation_psi=truncation_psi)).cpu())
+    G_ema.train(was_training)
+    return torch.cat(out)
+
+
+def image_grid(images: Tensor, nrow: int) -> Tensor:
+    """uint8 (N, C, H, W) -> one uint8 (rows * H, nrow * W, C) grid, `nrow` images per row, row-major.
+
+    A last row that is not full is padded with black.
+    """
+    assert images.dtype == torch.uint8 and images.ndim == 4, \
+        f"need uint8 NCHW, got {images.dtype} {tuple(images.shape)}"
+    n, c, h, w = images.shape
+    rows = math.ceil(n / nrow)
+    images = torch.cat([images, images.new_zeros(rows * nrow - n, c, h, w)])
+    return images.reshape(rows, nrow, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, nrow * w, c)
+
+
+def _save_png(path: Path, grid: Tensor) -> None:
+    array = grid.numpy()
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+@torch.no_grad()
+def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
+    """G_ema <- beta * G_ema + (1 - beta) * G for parameters; buffers (w_avg, noise) are copied."""
+    for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
+        p_ema.lerp_(p.detach(), 1 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def ema_beta(cfg: GANConfig, nimg: int) -> float:
+    """The EMA decay after `nimg` generated images: 0 (copy) before ema_start_kimg, then 0.5 ** (batch / half-life)."""
+    if nimg < cfg.ema_start_kimg * 1000:
+        return 0.0
+    half_life = cfg.ema_kimg * 1000
+    if cfg.ema_rampup > 0:
+        half_life = min(half_life, nimg * cfg.ema_rampup)
+    return 0.5 ** (cfg.batch_size / half_life) if half_life > 0 else 0.0
+
+
+def _check_finite(loss: Tensor, what: str, step: int) -> float:
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"non-finite {what} loss {value} at step {step}")
+    return value
+
+
+def _real_batches(loader: EpochLoader, epoch: int, skip: int) -> Iterator[tuple[int, int, Tensor]]:
+    """Real batches forever from batch `skip` of `epoch`; yields (epoch, batches done in it, x)."""
+    while True:
+        loader.set_epoch(epoch)
+        for i, (x, _) in enumerate(loader):
+            if i >= skip:  # a resumed run re-walks the epoch's order up to where it stopped
+                yield epoch, i + 1, x
+        epoch, skip = epoch + 1, 0
+
+
+def r1_on_reals(D: nn.Module, real: Tensor, augment: Augment, r1_input: str) -> Tensor:
+    """R1 at the augmented reals (DiffAugment TF, ContraD) or at the clean reals through `augment` (ADA)."""
+    if r1_input == "augmented":
+        x = augment(real).detach().requires_grad_(True)
+        return r1_penalty(D(x), x)
+    x = real.detach().requires_grad_(True)
+    return r1_penalty(D(augment(x)), x)
+
+
+# ---------------------------------------------------------------- the two steps
+
+def d_step(G: nn.Module, D: nn.Module, method: GANMethod, real: Tensor, opt_d: torch.optim.Optimizer,
+           cfg: GANConfig, d_index: int, z_dim: int, device: torch.device, step: int) -> dict[str, float]:
+    """One D update on `real` (in [-1, 1]) and fresh fakes; R1 when `d_index` % r1_interval == 0."""
+    D.requires_grad_(True)
+    z = torch.randn(real.shape[0], z_dim, device=device)
+    with torch.no_grad(), autocast(device):
+        fake = _generate(G, z, cfg.style_mixing_prob)
+    with autocast(device):
+        loss, logs = method.d_loss(D, real, fake, method.augment)
+        if cfg.r1_interval and cfg.r1_gamma > 0 and d_index % cfg.r1_interval == 0:
+            r1 = r1_on_reals(D, real, method.augment, cfg.r1_input)
+            loss = loss + (cfg.r1_gamma / 2 * cfg.r1_interval) * r1  # lazy: weighted by the interval
+            logs = {**logs, "d/r1": r1.item()}
+    logs = {**logs, "d/total": _check_finite(loss, "D", step)}
+    opt_d.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_d.step()
+    return logs
+
+
+def g_step(G: nn.Module, D: nn.Module, method: GANMethod, opt_g: torch.optim.Optimizer, cfg: GANConfig,
+           batch_size: int, z_dim: int, device: torch.device, step: int) -> dict[str, float]:
+    """One G update; D is frozen (no parameter gradients) but passes gradients to its input."""
+    D.requires_grad_(False)
+    z = torch.randn(batch_size, z_dim, device=device)
+    with autocast(device):
+        loss, logs = method.g_loss(D, _generate(G, z, cfg.style_mixing_prob), method.augment)
+    logs = {**logs, "g/total": _check_finite(loss, "G", step)}
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_g.step()
+    D.requires_grad_(True)
+    return logs
+
+
+# ---------------------------------------------------------------- the loop
+
+def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loader: EpochLoader, *,
+              out_dir: str | Path, logger: Logger, device: torch.device, z_dim: int,
+              evaluate: Evaluate | None = None, progress: bool = True) -> GANResult:
+    """Train G and D with `method` on `loader`'s uint8 batches for `cfg.steps` G updates.
+
+    `loader` yields (x_uint8, y) batches of exactly `cfg.batch_size` (drop_last) with a
+    deterministic order per `set_epoch(e)`. Every `sample_every` steps a grid of
+    `n_sample_grid` images from G_ema with fixed latents is logged and saved as
+    `out_dir/samples/step_XXXXXXX.png`. `evaluate(G_ema, step)` (e.g. FID) runs every
+    `eval_every` steps and after the last; its metrics are logged as `eval/<name>` and
+    kept in the history, and when `cfg.best_key` improves (lower is better) G_ema is
+    saved to `out_dir/best.pt`. The checkpoint `out_dir/checkpoint.pt` is resumed if present.
+    Raises NonFiniteLossError naming the step and value if a loss diverges.
+    """
+    out_dir = Path(out_dir)
+    ckpt_path, best_path = out_dir / "checkpoint.pt", out_dir / "best.pt"
+    if len(loader) == 0:
+        raise ValueError("the loader yields no batches (fewer images than batch_size with drop_last?)")
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas, eps=1e-8)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas, eps=1e-8)
+    step, epoch, batches_done, history, best = 0, 0, 0, [], None
+
+    state = checkpoint.load(ckpt_path, map_location=device)
+    if state is not None:
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        G_ema.load_state_dict(state["G_ema"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
+        history, best = state["history"], state["best"]
+        checkpoint.set_rng_state(state["rng"])
+        print(f"resumed from {ckpt_path} at step {step}")
+
+    G.train()
+    D.train()
+    reals = _real_batches(loader, epoch, batches_done)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"gan {method.name}", unit="step", disable=not progress)
+    while step < cfg.steps:
+        # ---- D: real batch, fakes without gradient, method's D loss (+ R1)
+        for k in range(cfg.d_steps_per_g):
+            epoch, batches_done, x = next(reals)
+            if x.shape[0] != cfg.batch_size:
+                raise ValueError(f"got a batch of {x.shape[0]}, expected batch_size={cfg.batch_size}; "
+                                 f"build the loader with that batch size and drop_last=True")
+            real = to_model_range(x, device)
+            if cfg.mirror:
+                flip = torch.rand(real.shape[0], 1, 1, 1, device=device) < 0.5
+                real = torch.where(flip, real.flip(3), real)
+            d_logs = d_step(G, D, method, real, opt_d, cfg, step * cfg.d_steps_per_g + k, z_dim, device, step + 1)
+
+        # ---- G: method's G loss through the frozen D, then the EMA of G
+        g_logs = g_step(G, D, method, opt_g, cfg, cfg.batch_size, z_dim, device, step + 1)
+        step += 1
+        beta = ema_beta(cfg, step * cfg.batch_size)
+        update_ema(G_ema, G, beta)
+        bar.update(1)
+
+        # ---- log, sample, evaluate, checkpoint
+        last = step == cfg.steps
+        if step % cfg.log_every == 0:
+            logger.log_metrics({**{f"train/{k}": v for k, v in {**d_logs, **g_logs}.items()},
+                                "train/ema_beta": beta, "train/kimg": step * cfg.batch_size / 1000}, step=step)
+            bar.set_postfix(d=f"{d_logs['d/total']:.3f}", g=f"{g_logs['g/total']:.3f}")
+        if step % cfg.sample_every == 0 or last:
+            images = sample_images(G_ema, cfg.n_sample_grid, cfg.batch_size, cfg.sample_seed, device, z_dim=z_dim)
+            grid = image_grid(images, nrow=math.ceil(math.sqrt(cfg.n_sample_grid)))
+            name = f"step_{step:07d}.png"
+            _save_png(out_dir / "samples" / name, grid)
+            logger.log_image(grid, f"samples/{name}")
+        if evaluate is not None and (step % cfg.eval_every == 0 or last):
+            with _RNGPreserved():
+                metrics = evaluate(G_ema, step)
+            history.append({"step": step, **metrics})
+            logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+            value = metrics.get(cfg.best_key)
+            if value is not None and (best is None or value < best[cfg.best_key]):
+                best = {"step": step, cfg.best_key: value}
+                checkpoint.save(best_path, {"G_ema": G_ema.state_dict(), **best})
+        if step % cfg.checkpoint_every == 0 or last:
+            checkpoint.save(ckpt_path, {
+                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "step": step, "epoch": epoch, "batches_done": batches_done, "history": history, "best": best,
+                "rng": checkpoint.rng_state(), "config": dataclasses.asdict(cfg),
+            })
+    bar.close()
+    return GANResult(G_ema=G_ema, history=history, best=best, steps=step)

@@ -1,0 +1,285 @@
+"""papers.gan_simclr.report: Table 1, Figures 3 / 4 and the claims, from synthetic metrics files.
+
+The synthetic runs are hand-built so every expected number is known: the linear-eval curve of
+(optimizer, fake count, seed) is BASE + epoch + OFFSET[seed] at epochs 2, 4, ..., 12, and the final
+accuracy is its epoch-12 value. With offsets -0.5 / 0 / +0.5 every setup's seed std is 0.5, and
+the combined std of two setups is sqrt(0.5^2 + 0.5^2) = 0.71.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from papers.gan_simclr import report
+from shared.tracking import load_reported
+
+REPO = Path(__file__).resolve().parents[1]
+REPORTED = REPO / "papers" / "gan_simclr" / "reported.yaml"
+EPOCHS = list(range(2, 13, 2))
+OFFSET = {0: -0.5, 1: 0.0, 2: 0.5}
+# final accuracies (epoch 12) are BASE + 12; at equal compute Adam reads 0 @ 12, 2.5k @ 8,
+# 5k @ 6, 10k @ 4: 82, 77, 76.5, 76 -> the baseline is best, as the paper's Figure 4 says
+BASE = {"adam": {0: 70.0, 2500: 69.0, 5000: 70.5, 10000: 72.0},
+        "lars": {0: 60.0, 2500: 61.0, 5000: 62.0, 10000: 64.0}}
+
+
+def write_run(directory: Path, optimizer: str, fakes: int, seed: int, base: float,
+              scale: str = "mini", epochs=EPOCHS) -> Path:
+    """One metrics file as the pretrain stage writes it, in its own run folder."""
+    curve = [{"epoch": e, "linear_test_acc": base + e + OFFSET[seed]} for e in epochs]
+    row = f"{optimizer}_fake{fakes}"
+    path = directory / f"{row}_seed{seed}" / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "paper": "gan_simclr", "table": "table1", "row": row, "scale": scale, "seed": seed,
+        "metrics": {"linear_eval_acc": curve[-1]["linear_test_acc"]},
+        "fake_count": fakes, "real_count": 5000, "optimizer": optimizer, "epochs": epochs[-1],
+        "steps": 100, "curve": curve, "gan": {"fid_indomain": 80.2}, "command": "test", "commit": "abc"}))
+    return path
+
+
+def write_grid(directory: Path, seeds=(0, 1, 2), base=BASE, optimizers=("adam", "lars")) -> Path:
+    for optimizer in optimizers:
+        for fakes, b in base[optimizer].items():
+            for seed in seeds:
+                write_run(directory, optimizer, fakes, seed, b)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """The whole grid at 3 seeds, reported once; a seed skipped at this scale lies beside it."""
+    tmp = tmp_path_factory.mktemp("full")
+    metrics = write_grid(tmp / "pretrain")
+    (metrics / "adam_fake0_seed3").mkdir()
+    (metrics / "adam_fake0_seed3" / "metrics.json").write_text('{"skipped": "seed 3 is not run"}')
+    return report.make_report(REPORTED, metrics, "mini", tmp / "out"), tmp / "out"
+
+
+def _is_png(path: Path) -> bool:
+    with Image.open(path) as im:
+        im.verify()
+        return im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+
+# ---------------------------------------------------------------- reported.yaml
+
+def test_reported_yaml_is_table1_as_printed():
+    doc = load_reported(REPORTED)
+    rows = doc["tables"]["table1"]["rows"]
+    assert doc["paper"] == "gan_simclr" and "Table 1" in doc["source"] and "Halpin-Gregorio" in doc["source"]
+    assert doc["tables"]["table1"]["metric"] == "linear_eval_acc" and doc["tables"]["table1"]["unit"] == "%"
+    printed = {  # Table 1 of the paper, cell by cell
+        "adam_fake0": ("5000 Real", "Adam", 75.51, 0.21),
+        "adam_fake2500": ("5000 Real + 2500 Fake", "Adam", 74.05, 0.27),
+        "adam_fake5000": ("5000 Real + 5000 Fake", "Adam", 75.73, 0.25),
+        "adam_fake10000": ("5000 Real + 10000 Fake", "Adam", 76.71, 0.29),
+        "lars_fake0": ("5000 Real", "LARS", 64.86, 0.06),
+        "lars_fake2500": ("5000 Real + 2500 Fake", "LARS", 66.12, 0.19),
+        "lars_fake5000": ("5000 Real + 5000 Fake", "LARS", 68.25, 0.13),
+        "lars_fake10000": ("5000 Real + 10000 Fake", "LARS", 70.323, 0.06),
+    }
+    assert [r["id"] for r in rows] == list(printed)
+    for r in rows:
+        assert (r["label"]["model"], r["label"]["optimizer"], r["mean"], r["std"]) == printed[r["id"]]
+    text = REPORTED.read_text()
+    assert "70.323" in text and "Figure 3" in text and "Figure 4" in text  # the figures' note
+
+
+# ---------------------------------------------------------------- Table 1
+
+def test_table_is_numpy_mean_and_std_over_seeds(full):
+    rep, out = full
+    rows = {r.id: r for r in rep.comparison.rows}
+    for optimizer, bases in BASE.items():
+        for fakes, b in bases.items():
+            finals = np.array([b + 12 + OFFSET[s] for s in (0, 1, 2)])
+            r = rows[f"{optimizer}_fake{fakes}"]
+            assert r.reproduced_mean == pytest.approx(finals.mean())
+            assert r.reproduced_std == pytest.approx(finals.std(ddof=1))
+            assert r.n == 3 and r.seeds == [0, 1, 2]  # the skipped seed-3 file is passed over
+    saved = json.loads((out / "table1.json").read_text())
+    assert saved["scale"] == "mini" and len(saved["rows"]) == 8
+    assert "| lars_fake10000 |" in (out / "table1.md").read_text()
+
+
+# ---------------------------------------------------------------- figures
+
+def test_figures_are_pngs(full):
+    _, out = full
+    assert _is_png(out / "figure3.png") and _is_png(out / "figure4.png")
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_figure4_reads_each_setup_at_equal_compute(full):
+    rep, out = full
+    saved = json.loads((out / "figure4.json").read_text())
+    assert saved["optimizers"] == json.loads(json.dumps(rep.figure4))
+    # 12 baseline epochs; (5000 + Nf) / 5000 times the images per epoch -> 12, 8, 6, 4 epochs
+    want_epoch = {0: 12, 2500: 8, 5000: 6, 10000: 4}
+    for optimizer, bases in BASE.items():
+        f4 = saved["optimizers"][optimizer]
+        assert f4["budget_baseline_epochs"] == pytest.approx(12)
+        for fakes, b in bases.items():
+            e = f4["by_fake_count"][str(fakes)]
+            assert e["epoch"] == want_epoch[fakes]
+            assert e["target_epoch"] == pytest.approx(12 * 5000 / (5000 + fakes))
+            assert e["compute"] == pytest.approx(12)
+            values = [b + want_epoch[fakes] + OFFSET[s] for s in (0, 1, 2)]
+            assert e["mean"] == pytest.approx(np.mean(values)) and e["std"] == pytest.approx(np.std(values, ddof=1))
+            assert e["n"] == 3 and e["seeds"] == [0, 1, 2]
+
+
+def test_equal_compute_takes_the_point_just_below_the_target(tmp_path):
+    # curves every 5 epochs to 30: targets 20, 15, 10 -> exact; with every 4 epochs to 28:
+    # targets 18.67, 14, 9.33 -> epochs 16, 12, 8 (at or just below, never above)
+    for seed in (0, 1):
+        write_run(tmp_path, "adam", 0, seed, 70.0, epochs=list(range(4, 29, 4)))
+        for fakes in (2500, 5000, 10000):
+            write_run(tmp_path, "adam", fakes, seed, 70.0, epochs=list(range(4, 29, 4)))
+    runs = report.load_runs(report.metrics_files(tmp_path), "mini")
+    got = report.equal_compute(runs)["adam"]
+    assert got["budget_baseline_epochs"] == 28
+    assert [got["by_fake_count"][str(k)]["epoch"] for k in (0, 2500, 5000, 10000)] == [28, 16, 12, 8]
+    assert report.equal_compute(runs)["lars"] == {"budget_baseline_epochs": None, "by_fake_count": {}}
+
+
+def test_missing_rows_do_not_break_the_figures(tmp_path):
+    # Adam only, two setups, two seeds: LARS panels say "not run", Table 1 says "not run"
+    metrics = tmp_path / "m"
+    for fakes in (0, 5000):
+        for seed in (0, 1):
+            write_run(metrics, "adam", fakes, seed, BASE["adam"][fakes])
+    rep = report.make_report(REPORTED, metrics, "mini", tmp_path / "out")
+    assert _is_png(tmp_path / "out" / "figure3.png") and _is_png(tmp_path / "out" / "figure4.png")
+    status = {r.id: r.status for r in rep.comparison.rows}
+    assert status["adam_fake0"] == "ok" and status["lars_fake0"] == status["adam_fake10000"] == "not run"
+    assert rep.figure4["adam"]["by_fake_count"]["5000"]["epoch"] == 6
+    verdicts = {c["id"]: c for c in rep.claims}
+    assert all(c["verdict"] == "inconclusive" and "not run" in c["reason"] for c in verdicts.values())
+
+
+# ---------------------------------------------------------------- claims
+
+def _s(*means, std=0.5):
+    return {k: {"mean": m, "std": std, "n": 3} for k, m in zip((0, 2500, 5000, 10000), means)}
+
+
+@pytest.mark.parametrize("means, std, verdict", [
+    ((60, 61, 62, 64), 0.5, "holds"),
+    ((64, 62, 61, 60), 0.5, "does not hold"),  # 10k below 0 by 4 > 0.71
+    ((60, 62, 61, 64), 0.5, "inconclusive"),  # not monotone
+    ((60, 60.1, 60.2, 60.3), 0.5, "inconclusive"),  # monotone, but 0.3 < 0.71
+    ((60, 61, 62, 64), None, "inconclusive"),  # one seed: std unknown
+])
+def test_claim_a_more_fakes_better(means, std, verdict):
+    got = report.more_fakes_better(_s(*means, std=std))
+    assert got["verdict"] == verdict
+    if std is not None:
+        assert got["combined_std"] == pytest.approx(math.hypot(0.5, 0.5))
+        assert got["difference"] == pytest.approx(means[-1] - means[0])
+    # a middle setup not run: the ends can still refute the claim, never confirm it
+    missing = report.more_fakes_better(_s(*means, std=std) | {5000: None})["verdict"]
+    assert missing == ("does not hold" if verdict == "does not hold" else "inconclusive")
+
+
+@pytest.mark.parametrize("means, std, verdict", [
+    ((70, 69, 70.5, 72), 0.5, "holds"),  # beats 5000 by 1.5 > 0.71
+    ((73, 69, 70, 72), 0.5, "does not hold"),  # the baseline beats it by 1.0 > 0.71
+    ((71.8, 69, 70, 72), 0.5, "inconclusive"),  # best, but only by 0.2
+    ((72.5, 69, 70, 72), 0.5, "inconclusive"),  # beaten, but only by 0.5
+    ((70, 69, 70.5, 72), None, "inconclusive"),  # one seed
+])
+def test_claim_b_ten_thousand_fakes_best(means, std, verdict):
+    assert report.is_best(_s(*means, std=std), 10000)["verdict"] == verdict
+
+
+def test_claim_c_uses_the_equal_compute_numbers():
+    table = {"adam": _s(70, 69, 70.5, 72), "lars": _s(60, 61, 62, 64)}
+
+    def f4(means, std=0.5):
+        return {"adam": {"by_fake_count": {str(k): {"mean": m, "std": std, "n": 3}
+                                           for k, m in zip((0, 2500, 5000, 10000), means)}}}
+
+    def verdict(figure4):
+        return {c["id"]: c["verdict"] for c in report.claims(table, figure4)}
+
+    assert verdict(f4((82, 77, 76.5, 76))) == {"a": "holds", "b": "holds", "c": "holds"}
+    assert verdict(f4((76, 77, 76.5, 76)))["c"] == "does not hold"  # 2500 beats it by 1.0
+    assert verdict(f4((77.3, 77, 76.5, 76)))["c"] == "inconclusive"
+    assert verdict(f4((82, 77, 76.5, 76), std=None))["c"] == "inconclusive"
+
+
+def test_claims_json_from_the_full_grid(full):
+    rep, out = full
+    saved = json.loads((out / "claims.json").read_text())
+    assert saved["verdicts"] == {"a": "holds", "b": "holds", "c": "holds"}
+    c = {x["id"]: x for x in saved["claims"]}
+    assert c["c"]["numbers"]["0"]["mean"] == pytest.approx(82.0)  # the figure4 number, not Table 1's
+    assert c["b"]["numbers"]["10000"]["mean"] == pytest.approx(84.0)
+    assert all("rule" in x and "reason" in x for x in saved["claims"])
+
+
+def test_single_seed_is_inconclusive(tmp_path):
+    rep = report.make_report(REPORTED, write_grid(tmp_path / "m", seeds=(0,)), "mini", tmp_path / "out")
+    assert {c["verdict"] for c in rep.claims} == {"inconclusive"}
+    assert all(r.reproduced_std is None for r in rep.comparison.rows)
+
+
+# ---------------------------------------------------------------- failing loudly
+
+def test_other_scale_and_bad_files_raise(tmp_path, capsys):
+    metrics = write_grid(tmp_path / "m", seeds=(0,), optimizers=("adam",))
+    write_run(metrics / "paper_runs", "lars", 0, 0, 60.0, scale="paper")
+    with pytest.raises(ValueError, match="scale 'paper'"):
+        report.make_report(REPORTED, metrics, "mini", tmp_path / "out")
+    assert report.main(["--reported", str(REPORTED), "--metrics-dir", str(metrics), "--scale", "mini",
+                        "--out", str(tmp_path / "out")]) == 2
+    assert "scale 'paper'" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="pretrain stage"):
+        report.make_report(REPORTED, tmp_path / "nowhere", "mini", tmp_path / "out")
+    bad = tmp_path / "bad"
+    path = write_run(bad, "adam", 2500, 0, 70.0)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "fake_count": 5000}))  # row says 2500
+    with pytest.raises(ValueError, match="does not match"):
+        report.make_report(REPORTED, bad, "mini", tmp_path / "out")
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_cli_end_to_end(tmp_path, capsys):
+    metrics = write_grid(tmp_path / "m", seeds=(0, 1))
+    out = metrics / "report"  # inside the metrics folder: its own outputs must not be read back
+    argv = ["--reported", str(REPORTED), "--metrics-dir", str(metrics), "--scale", "mini", "--out", str(out)]
+    assert report.main(argv) == 0
+    assert report.main(argv) == 0  # a second run over its own table1.json / figure4.json
+    printed = capsys.readouterr().out
+    assert "| adam_fake0 |" in printed and "claim (c)" in printed and "logged to MLflow" not in printed
+    assert {p.name for p in out.iterdir()} == {"table1.md", "table1.json", "figure3.png", "figure4.png",
+                                               "figure4.json", "claims.json"}
+
+
+def test_cli_log_to_mlflow(tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    metrics = write_grid(tmp_path / "m", seeds=(0, 1))
+    assert report.main(["--reported", str(REPORTED), "--metrics-dir", str(metrics), "--scale", "mini",
+                        "--out", str(tmp_path / "out"), "--log"]) == 0
+    assert "logged to MLflow run" in capsys.readouterr().out
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("gan_simclr")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "compare/table1/mini" and run.info.status == "FINISHED"
+    assert {k: run.data.tags[k] for k in ("paper", "table", "scale")} == {
+        "paper": "gan_simclr", "table": "table1", "scale": "mini"}
+    assert run.data.metrics["reported/lars_fake10000"] == 70.323
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "table1.md", "table1.json", "figure3.png", "figure4.png", "figure4.json", "claims.json"}
