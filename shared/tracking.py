@@ -464,6 +464,11 @@ def _fmt(x: float, sign: str = "") -> str:
     return f"{x:{sign}.2f}" if x == 0 or not abs(x) < 0.1 else f"{x:{sign}.2g}"
 
 
+def _fmt_as_printed(x: float) -> str:
+    # reported numbers keep the digits the paper printed (70.323 stays 70.323), at least two decimals
+    return _fmt(x) if round(x, 2) == x else repr(x)
+
+
 def to_markdown(c: Comparison) -> str:
     label_keys = list(dict.fromkeys(k for r in c.rows for k in r.label))
     unit = f" ({c.unit})" if c.unit else ""
@@ -474,9 +479,9 @@ def to_markdown(c: Comparison) -> str:
                                 "note"]) + " |",
              "|" + "---|" * (len(label_keys) + 5)]
     for r in c.rows:
-        reported = _fmt(r.reported_mean)
+        reported = _fmt_as_printed(r.reported_mean)
         if r.reported_std is not None:
-            reported += f" ± {_fmt(r.reported_std)}"
+            reported += f" ± {_fmt_as_printed(r.reported_std)}"
         if r.status == "not run":
             reproduced, delta = "not run", ""
         else:

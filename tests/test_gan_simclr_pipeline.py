@@ -29,11 +29,12 @@ def test_gan_simclr_pipeline_at_smoke_scale(tmp_path, data_root):
     assert gan["scale"] == "smoke" and "in-domain" in gan["fid_label"]
     assert np.isfinite(gan["best"]["fid_indomain"])
     with np.load(out / "samples/fake_2500.npz") as f:
-        assert f["x"].shape == (2500, 3, 32, 32) and f["x"].dtype == np.uint8
+        assert f["x"].shape == (100, 3, 32, 32) and f["x"].dtype == np.uint8  # 2500 * 200 / 5000
     Image.open(out / "samples/fake_2500.png").verify()
 
     ran = json.loads((out / "pretrain/lars_fake10000_seed0/metrics.json").read_text())
-    assert ran["fake_count"] == 10000 and ran["scale"] == "smoke" and len(ran["curve"]) == 2
+    assert ran["fake_count"] == 10000 and ran["fakes_used"] == 400 and ran["real_count"] == 200
+    assert ran["scale"] == "smoke" and len(ran["curve"]) == 2
     assert "skipped" in json.loads((out / "pretrain/adam_fake0_seed1/metrics.json").read_text())
 
     results = project / "papers/gan_simclr/results/smoke"

@@ -104,6 +104,7 @@ def test_table_is_numpy_mean_and_std_over_seeds(full):
     saved = json.loads((out / "table1.json").read_text())
     assert saved["scale"] == "mini" and len(saved["rows"]) == 8
     assert "| lars_fake10000 |" in (out / "table1.md").read_text()
+    assert "70.323 ± 0.06" in (out / "table1.md").read_text()  # reported numbers keep their printed digits
 
 
 # ---------------------------------------------------------------- figures

@@ -57,3 +57,4 @@ class GenerateConfig:
     truncation_psi: float = 1.0  # no truncation: the fakes cover G's whole distribution
     batch_size: int = 500
     grid: int = 64  # images in the PNG grid
+    count_scale: float = 1.0  # draw count * count_scale images (smoke: its real set is 200 / 5000)

@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> None:
     cfg = config.load_section(GenerateConfig, args.params, "generate", suite.scale)
     device = pick_device(suite.device)
     G = load_generator(Path(args.gan), gan_cfg, device)
-    images = sample_images(G, args.count, cfg.batch_size, seed=cfg.seed + args.count, device=device,
+    # Smaller scales use proportionally fewer fakes (pretrain.py); draw only what they use.
+    n = max(1, round(args.count * cfg.count_scale))
+    images = sample_images(G, n, cfg.batch_size, seed=cfg.seed + args.count, device=device,
                            truncation_psi=cfg.truncation_psi)
     out = Path(args.out)
     atomic_write(out, lambda f: np.savez(f, x=images.numpy()))
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     resolved = {"scale": suite.scale, "count": args.count, **config.to_dict(cfg)}
     with tracking.stage_logger(suite, "gan_simclr", f"generate/{args.count}", resolved, stage="generate") as log:
         log.log_image(grid.numpy(), f"fake_{args.count}.png")
-    print(f"generate: {args.count} samples -> {out} ({suite.scale})")
+    print(f"generate: {n} samples for fake count {args.count} -> {out} ({suite.scale})")
 
 
 def main(argv: list[str] | None = None) -> int:

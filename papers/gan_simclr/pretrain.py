@@ -30,6 +30,8 @@ from shared.trainers.linear_eval import linear_eval
 from shared.trainers.ssl import train_ssl
 from shared.views import SimCLRViews
 
+PAPER_REAL_COUNT = 5000  # the paper's small CIFAR-10 (Sec. 5)
+
 
 def load_samples(path: Path) -> np.ndarray:
     if not path.is_file():
@@ -77,9 +79,12 @@ def run(args: argparse.Namespace) -> dict | None:
     real_x, real_y = data.load_prepared(args.prepared, "train")
     subset = data.load_indices(args.subset)
     real_x, real_y = torch.from_numpy(real_x[subset]), torch.from_numpy(real_y[subset])
-    fake_x = torch.from_numpy(load_samples(Path(args.samples))[:args.fakes]) if args.fakes else None
-    if fake_x is not None and len(fake_x) < args.fakes:
-        raise ValueError(f"{args.samples} holds {len(fake_x)} samples, fewer than --fakes {args.fakes}")
+    # Fake counts are the paper's, for its 5,000 real images; a smaller real set (smoke) keeps the
+    # paper's fake:real ratios (0.5, 1, 2) with proportionally fewer fakes.
+    fakes_used = round(args.fakes * len(real_x) / PAPER_REAL_COUNT)
+    fake_x = torch.from_numpy(load_samples(Path(args.samples))[:fakes_used]) if fakes_used else None
+    if fake_x is not None and len(fake_x) < fakes_used:
+        raise ValueError(f"{args.samples} holds {len(fake_x)} samples, fewer than the {fakes_used} needed")
     test_x, test_y = data.load_prepared(args.prepared, "test")
     if cfg.test_limit:  # a stratified subset: the prepared test split is sorted by class
         keep = data.stratified_subset(test_y, cfg.test_limit // len(np.unique(test_y)), seed=0)
@@ -108,7 +113,8 @@ def run(args: argparse.Namespace) -> dict | None:
         metrics = {
             "paper": "gan_simclr", "table": "table1", "row": row, "scale": suite.scale, "seed": args.seed,
             "metrics": {"linear_eval_acc": acc},
-            "fake_count": args.fakes, "real_count": len(real_x), "optimizer": args.optimizer,
+            "fake_count": args.fakes, "fakes_used": fakes_used, "real_count": len(real_x),
+            "optimizer": args.optimizer,
             "epochs": ssl_cfg.epochs, "steps": result.steps, "test_images": len(test_x),
             "curve": [{"epoch": h["epoch"], "linear_test_acc": h["linear_test_acc"]} for h in result.history],
             "command": " ".join(sys.argv), "commit": _commit(),

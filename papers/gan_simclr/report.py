@@ -61,6 +61,7 @@ class Run:
     seed: int
     final: float
     curve: dict[int, float]  # epoch -> linear-eval test accuracy (%)
+    fakes_used: int  # fake images actually used: fake_count scaled to real_count (see pretrain.py)
 
 
 def row_id(optimizer: str, fake_count: int) -> str:
@@ -125,7 +126,8 @@ def load_runs(files: list[Path], scale: str) -> list[Run]:
             curve[epoch] = float(_need(point, "linear_test_acc", (int, float), path))
         runs.append(Run(Path(path), data["row"], optimizer, fake_count, real_count,
                         _need(data, "seed", (int,), path),
-                        float(data["metrics"]["linear_eval_acc"]), curve))
+                        float(data["metrics"]["linear_eval_acc"]), curve,
+                        int(data.get("fakes_used", fake_count))))
     for row in {r.row for r in runs}:
         counts = {r.real_count for r in runs if r.row == row}
         if len(counts) > 1:
@@ -174,20 +176,21 @@ def equal_compute(runs: list[Run]) -> dict:
     out = {}
     for optimizer in OPTIMIZERS:
         by_fakes = setups(runs, optimizer)
-        reach = {k: compute(common_epochs(rs)[-1], rs[0].real_count, k)
+        reach = {k: compute(common_epochs(rs)[-1], rs[0].real_count, rs[0].fakes_used)
                  for k, rs in by_fakes.items() if common_epochs(rs)}
         budget = min(reach.values()) if reach else None
         entries = {}
         for k, rs in by_fakes.items():
             epochs = common_epochs(rs)
-            target = None if budget is None else budget * rs[0].real_count / (rs[0].real_count + k)
+            nr, nf = rs[0].real_count, rs[0].fakes_used
+            target = None if budget is None else budget * nr / (nr + nf)
             # 1e-9 relative: 12 * 5000 / 7500 must pick epoch 8, not 6
             below = [e for e in epochs if target is not None and e <= target * (1 + 1e-9)]
             epoch = below[-1] if below else None
             values = [r.curve[epoch] for r in rs] if epoch is not None else []
             entry = {"row": row_id(optimizer, k), "fake_count": k, "real_count": rs[0].real_count,
                      "target_epoch": target, "epoch": epoch,
-                     "compute": None if epoch is None else compute(epoch, rs[0].real_count, k),
+                     "compute": None if epoch is None else compute(epoch, nr, nf),
                      "seeds": [r.seed for r in rs], "values": values,
                      **(_stats(values) if values else {"mean": None, "std": None, "n": 0})}
             entries[str(k)] = entry
