@@ -50,8 +50,10 @@ def test_prepare_stages_run_at_smoke_scale(tmp_path, data_root):
     from mlflow import MlflowClient  # the stages logged into the project's own local store
     client = MlflowClient(f"sqlite:///{project}/mlflow/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("data").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["prepare/cifar10", "prepare/mnist", "prepare/omniglot",
-                                                     "subset/cifar10_5k"]
+    assert sorted(r.info.run_name for r in runs) == ["extractor/cifar10", "prepare/cifar10", "prepare/mnist",
+                                                     "prepare/omniglot", "subset/cifar10_5k"]
+    extractor = json.loads((project / "data/extractor/metrics.json").read_text())
+    assert extractor["scale"] == "smoke" and "in-domain" in extractor["label"]
     assert {r.data.tags["scale"] for r in runs} == {"smoke"} and {r.info.status for r in runs} == {"FINISHED"}
     again = dvc(["status"], project)
     assert "up to date" in again.stdout, again.stdout
