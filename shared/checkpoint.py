@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shared import config
 from shared.io import atomic_write
 
 
@@ -58,3 +59,17 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise CheckpointError(
             f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err}); "
             f"delete it to restart the stage from scratch") from err
+
+
+def fresh_start_if_config_changed(out_dir: str | os.PathLike, resolved: dict) -> None:
+    """Resume ``out_dir/checkpoint.pt`` only if it was made with this exact resolved config.
+
+    A stage whose checkpoint DVC keeps (``persist: true``) must not resume a run made with
+    other parameters: the checkpoint is deleted and the new config written to ``config.yaml``.
+    """
+    out_dir = Path(out_dir)
+    previous, ckpt = out_dir / "config.yaml", out_dir / "checkpoint.pt"
+    if ckpt.exists() and (not previous.exists() or config.load_yaml(previous) != resolved):
+        print(f"{ckpt} was made with another config: starting afresh")
+        ckpt.unlink()
+    config.save_resolved(resolved, previous)

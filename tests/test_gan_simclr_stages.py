@@ -4,17 +4,17 @@ import yaml
 
 from conftest import REPO
 from papers.gan_simclr import pretrain
-from shared import config
+from shared import checkpoint, config
 
 
 def test_checkpoint_is_resumed_only_with_the_same_config(tmp_path):
     resolved = {"scale": "mini", "pretrain": {"width": 0.25, "crop": [0.08, 1.0]}}
-    pretrain.fresh_start_if_config_changed(tmp_path, resolved)
+    checkpoint.fresh_start_if_config_changed(tmp_path, resolved)
     (tmp_path / "checkpoint.pt").write_bytes(b"state")
-    pretrain.fresh_start_if_config_changed(tmp_path, resolved)
+    checkpoint.fresh_start_if_config_changed(tmp_path, resolved)
     assert (tmp_path / "checkpoint.pt").exists()  # same config: resume
     changed = {"scale": "mini", "pretrain": {"width": 0.5, "crop": [0.08, 1.0]}}
-    pretrain.fresh_start_if_config_changed(tmp_path, changed)
+    checkpoint.fresh_start_if_config_changed(tmp_path, changed)
     assert not (tmp_path / "checkpoint.pt").exists()  # another config: start afresh
     assert config.load_yaml(tmp_path / "config.yaml") == changed
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,23 +38,6 @@ def load_samples(path: Path) -> np.ndarray:
                                 f"`dvc repro papers/gan_simclr/dvc.yaml` (stage generate)")
     with np.load(path) as f:
         return f["x"]
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=config.REPO_ROOT).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def fresh_start_if_config_changed(out: Path, resolved: dict) -> None:
-    """Resume only a checkpoint made with this exact config; otherwise start afresh."""
-    previous = out / "config.yaml"
-    if (out / "checkpoint.pt").exists() and (not previous.exists() or config.load_yaml(previous) != resolved):
-        print(f"{out / 'checkpoint.pt'} was made with another config: starting afresh")
-        (out / "checkpoint.pt").unlink()
-    config.save_resolved(resolved, previous)
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -103,7 +85,7 @@ def run(args: argparse.Namespace) -> dict | None:
 
     resolved = {"scale": suite.scale, "fakes": args.fakes, "optimizer": args.optimizer, "seed": args.seed,
                 "pretrain": config.to_dict(cfg), "ssl": config.to_dict(ssl_cfg)}
-    fresh_start_if_config_changed(out, resolved)
+    checkpoint.fresh_start_if_config_changed(out, resolved)
     row = f"{args.optimizer}_fake{args.fakes}"
     with tracking.stage_logger(suite, "gan_simclr", f"pretrain/{row}/seed{args.seed}", resolved,
                                stage="pretrain", table="table1", row=row) as log:
@@ -117,7 +99,7 @@ def run(args: argparse.Namespace) -> dict | None:
             "optimizer": args.optimizer,
             "epochs": ssl_cfg.epochs, "steps": result.steps, "test_images": len(test_x),
             "curve": [{"epoch": h["epoch"], "linear_test_acc": h["linear_test_acc"]} for h in result.history],
-            "command": " ".join(sys.argv), "commit": _commit(),
+            **tracking.provenance(),
         }
         log.log_metrics({"final/linear_eval_acc": acc})
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from papers.gan_simclr.config import PARAMS, GANStageConfig
-from papers.gan_simclr.pretrain import fresh_start_if_config_changed
 from shared import checkpoint, config, data, metrics, tracking
 from shared.device import pick_device, to_device
 from shared.gan_losses import nonsaturating
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> dict:
         sample_images(G_ema, cfg.fid_samples, 250, seed=step, device=device))
 
     resolved = {"scale": suite.scale, "gan": config.to_dict(cfg), "fid": scorer.label}
-    fresh_start_if_config_changed(out, resolved)
+    checkpoint.fresh_start_if_config_changed(out, resolved)
     with tracking.stage_logger(suite, "gan_simclr", "train_gan", resolved, stage="train_gan",
                                method=method.name) as log:
         result = train_gan(train_cfg, G, D, method, loader, out_dir=out, logger=log, device=device,
