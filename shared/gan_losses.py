@@ -89,12 +89,13 @@ class GANMethod:
     """What the GAN trainer trains with.
 
     d_loss(D, real, fake, augment) -> (loss, logs): D's loss on a real and a (detached) fake batch.
-    g_loss(D, fake, augment) -> (loss, logs): G's loss on a fake batch that carries G's graph.
+    g_loss(D, fake, augment) -> (loss, logs): G's loss on a fake batch that carries G's graph;
+        None trains D alone (G is never updated), e.g. ContraD's SimCLR-only reference.
     augment: applied to D's inputs; the trainer passes it to both losses and to R1.
     Log keys are namespaced ("d/...", "g/..."); values are Python floats.
     """
     d_loss: DLoss
-    g_loss: GLoss
+    g_loss: GLoss | None
     name: str
     augment: Augment = identity
 

@@ -45,6 +45,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shared import config, data, tracking
+from shared.cli import run_stage
 from shared.device import autocast, pick_device, prepare_batch, to_device
 from shared.io import atomic_write, atomic_write_text
 from shared.models.resnet import resnet18
@@ -709,12 +710,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--metrics", type=Path, help="metrics JSON (default: metrics.json beside --out)")
     t.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        train_extractor_stage(args.params, args.prepared, args.out, args.metrics, progress=not args.no_progress)
-    except (config.ConfigError, data.DataNotFoundError, data.CorruptDataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_stage(lambda: train_extractor_stage(args.params, args.prepared, args.out, args.metrics,
+                                                   progress=not args.no_progress))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from shared import config, data, tracking
+from shared.cli import run_stage
 
 @dataclasses.dataclass
 class SubsetSpec:
@@ -66,15 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.what == "subset" and args.prepared is None:
         parser.error("subset needs --prepared")
-    try:
-        if args.what == "dataset":
-            prepare_dataset(args.name, args.params, args.out)
-        else:
-            make_subset(args.name, args.params, args.prepared, args.out)
-    except (config.ConfigError, data.DataNotFoundError, data.CorruptDataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    if args.what == "dataset":
+        return run_stage(lambda: prepare_dataset(args.name, args.params, args.out))
+    return run_stage(lambda: make_subset(args.name, args.params, args.prepared, args.out))
 
 
 if __name__ == "__main__":

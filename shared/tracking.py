@@ -10,6 +10,8 @@ MLflow 3 refuses the plain file store unless MLFLOW_ALLOW_FILE_STORE is set.
 
 CLI: python -m shared.tracking compare --reported papers/X/reported.yaml --metrics 'glob'
          --table table1 --scale mini --out DIR [--log]
+     python -m shared.tracking rebuild [--results 'papers/*/results']   the committed results -> the store
+     python -m shared.tracking ui [--port 5000]                           the MLflow UI on the store
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import argparse
 import dataclasses
 import functools
 import glob
+import hashlib
 import json
 import os
 import re
@@ -308,12 +311,17 @@ def stage_logger(suite: Any, experiment: str, run_name: str, config: Any, **tags
     ``suite`` is the top-level :class:`shared.config.SuiteConfig`: its tracking
     settings choose the backend and store, its scale and seed become tags. The
     stage's resolved ``config`` (a dataclass or mapping) is logged as params and
-    as ``config.yaml``.
+    as ``config.yaml``. Where the experiment is a paper package (``papers/<experiment>``),
+    the run is tagged ``paper=<experiment>`` too, so the UI can filter across experiments;
+    ``tags`` win over all of these (a stage with its own trial seed passes ``seed=...``).
     """
     from shared.config import to_dict  # config imports nothing from here; keep the graph one-way
 
-    logger = make_logger(suite.tracking.backend, experiment, run_name,
-                         {"scale": suite.scale, "seed": suite.seed, **tags}, suite.tracking.uri)
+    defaults = {"scale": suite.scale, "seed": suite.seed}
+    if (REPO_ROOT / "papers" / experiment).is_dir():
+        defaults = {"paper": experiment, **defaults}
+    logger = make_logger(suite.tracking.backend, experiment, run_name, {**defaults, **tags},
+                         suite.tracking.uri)
     resolved = to_dict(config)
     logger.log_params(resolved)
     logger.log_dict(resolved, "config.yaml")
@@ -458,6 +466,24 @@ class Comparison:
         del d["md_path"], d["json_path"]
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "<comparison>") -> Comparison:
+        """The inverse of :meth:`to_dict` (a committed ``<table>.json``); errors name `where` and
+        the key."""
+        d = json.loads(json.dumps(d))  # a copy: _fields fills absent optional keys in place
+        _fields(d, where, "", {"paper": STRING, "source": STRING, "table": STRING, "caption": STRING,
+                               "metric": STRING, "unit": STRING, "scale": STRING, "rows": LIST,
+                               "provenance": MAPPING})
+        rows = []
+        for i, row in enumerate(d.pop("rows")):
+            _fields(row, where, f"rows[{i}]",
+                    {"id": STRING, "label": MAPPING, "reported_mean": NUMBER, "n": (int,),
+                     "seeds": LIST, "status": STRING},
+                    {"reported_std": NUMBER, "reproduced_mean": NUMBER, "reproduced_std": NUMBER,
+                     "delta": NUMBER, "note": STRING})
+            rows.append(RowComparison(**row))
+        return cls(**d, rows=rows)
+
 
 def _fmt(x: float, sign: str = "") -> str:
     # two decimals, as the papers print accuracies and FIDs; small values keep two figures
@@ -486,7 +512,8 @@ def to_markdown(c: Comparison) -> str:
             reproduced, delta = "not run", ""
         else:
             spread = f" ± {_fmt(r.reproduced_std)}" if r.reproduced_std is not None else ""
-            reproduced, delta = f"{_fmt(r.reproduced_mean)}{spread} (n={r.n})", _fmt(r.delta, "+")
+            reproduced = f"{_fmt(r.reproduced_mean)}{spread} (n={r.n})"
+            delta = "" if r.delta is None else _fmt(r.delta, "+")  # no delta across different metrics
         cells = [r.id, *(str(r.label.get(k, "")) for k in label_keys), reported, reproduced, delta,
                  (r.note or "").replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -494,15 +521,22 @@ def to_markdown(c: Comparison) -> str:
 
 
 def compare(reported_path: str | Path, metrics_files: Iterable[Path], table: str, scale: str,
-            out_dir: str | Path) -> Comparison:
-    """Reported vs reproduced for one table at one scale; writes <out_dir>/<table>.md and .json."""
+            out_dir: str | Path, metric: str | None = None) -> Comparison:
+    """Reported vs reproduced for one table at one scale; writes <out_dir>/<table>.md and .json.
+
+    `metric` reads another key from the metrics files than the table's reported metric (e.g. an
+    in-domain FID beside a paper's Inception FID): the comparison is then labelled with that key
+    and carries no deltas, since the two numbers measure different things.
+    """
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
     reported = load_reported(reported_path)
     if table not in reported["tables"]:
         raise ValueError(f"{reported_path}: no table {table!r} (has {sorted(reported['tables'])})")
     spec = reported["tables"][table]
-    values = collect_reproduced(metrics_files, table, spec["metric"], scale, paper=reported["paper"])
+    metric = spec["metric"] if metric is None else metric
+    comparable = metric == spec["metric"]
+    values = collect_reproduced(metrics_files, table, metric, scale, paper=reported["paper"])
     if unknown := set(values) - {row["id"] for row in spec["rows"]}:
         raise ValueError(f"metrics files name rows {sorted(unknown)} that {reported_path} "
                          f"does not have in {table}")
@@ -515,10 +549,12 @@ def compare(reported_path: str | Path, metrics_files: Iterable[Path], table: str
             id=row["id"], label=dict(row["label"]), reported_mean=float(row["mean"]),
             reported_std=None if row["std"] is None else float(row["std"]),
             reproduced_mean=mean, reproduced_std=float(xs.std(ddof=1)) if len(xs) >= 2 else None,
-            n=len(xs), seeds=seeds, delta=None if mean is None else mean - float(row["mean"]),
+            n=len(xs), seeds=seeds, delta=None if mean is None or not comparable else mean - float(row["mean"]),
             status="ok" if len(xs) else "not run", note=row["note"]))
-    c = Comparison(reported["paper"], reported["source"], table, spec["caption"], spec["metric"],
-                   spec["unit"], scale, rows, provenance())
+    caption = spec["caption"] if comparable else (
+        f"{spec['caption']} Reproduced as {metric}, reported as {spec['metric']}: not comparable, no delta.")
+    c = Comparison(reported["paper"], reported["source"], table, caption, metric, spec["unit"], scale, rows,
+                   provenance())
     out_dir = Path(out_dir)
     c.md_path, c.json_path = out_dir / f"{table}.md", out_dir / f"{table}.json"
     atomic_write_text(c.md_path, to_markdown(c))
@@ -527,23 +563,225 @@ def compare(reported_path: str | Path, metrics_files: Iterable[Path], table: str
 
 
 def log_comparison(comparison: Comparison, tracking_uri: str | None = None,
-                   extra_artifacts: Iterable[str | Path] = ()) -> str:
-    """Log a comparison as run `compare/<table>/<scale>` in the paper's experiment; returns its id."""
+                   extra_artifacts: Iterable[str | Path] = (), tags: Mapping | None = None) -> str:
+    """Log a comparison as run `compare/<table>/<scale>` in the paper's experiment; returns its id.
+
+    Metrics: reported/<row> for every row, reproduced/<row> and delta/<row> for rows that ran.
+    Tags: paper, table, scale, kind=comparison, then `tags` (which win).
+    """
     c = comparison
-    tags = {"paper": c.paper, "table": c.table, "scale": c.scale, "kind": "comparison"}
-    with MLflowLogger(c.paper, f"compare/{c.table}/{c.scale}", tags, tracking_uri) as logger:
+    all_tags = {"paper": c.paper, "table": c.table, "scale": c.scale, "kind": "comparison",
+                **(tags or {})}
+    with MLflowLogger(c.paper, f"compare/{c.table}/{c.scale}", all_tags, tracking_uri) as logger:
         logger.log_params({"metric": c.metric, "unit": c.unit, "source": c.source, **c.provenance})
         metrics = {}
         for r in c.rows:
             metrics[f"reported/{r.id}"] = r.reported_mean
             if r.reproduced_mean is not None:
                 metrics[f"reproduced/{r.id}"] = r.reproduced_mean
+            if r.delta is not None:
                 metrics[f"delta/{r.id}"] = r.delta
         logger.log_metrics(metrics)
         for path in [c.md_path, c.json_path, *extra_artifacts]:
             if path is not None:
                 logger.log_artifact(path)
         return logger.run_id
+
+
+# ---------------------------------------------------------------- the store from committed results
+
+# Bump when `rebuild` logs a run differently: every rebuilt run's digest changes and it is remade.
+REBUILD_VERSION = "1"
+RESULTS = ("papers/*/results",)  # where papers commit their results: <results>/<scale>/
+
+
+def results_dirs(patterns: Iterable[str] = RESULTS, root: str | Path | None = None) -> list[Path]:
+    """The committed results folders `<results>/<scale>/` named by `patterns`.
+
+    A pattern is a glob relative to `root` (default: the repository) or absolute; a match is a
+    results folder whose sub-folders are scales (or hold scales, as `sweeps/<scale>`), or a scale
+    folder itself. Any other sub-folder is an error (results are always labelled with their scale).
+    """
+    root = Path(root or REPO_ROOT)
+    found: set[Path] = set()
+    for pattern in patterns:
+        for match in map(Path, glob.glob(str(root / pattern))):  # root / "/abs" is "/abs"
+            if not match.is_dir():
+                continue
+            if match.name in SCALES:
+                found.add(match)
+                continue
+            for sub in match.iterdir():
+                if not sub.is_dir() or sub.name.startswith("."):
+                    continue
+                if sub.name in SCALES:
+                    found.add(sub)
+                elif nested := [d for d in sub.iterdir() if d.is_dir() and d.name in SCALES]:
+                    found.update(nested)  # a kind of result with its own scales, e.g. results/sweeps/mini
+                else:
+                    raise ValueError(f"{sub}: results folders are named by scale ({', '.join(SCALES)})")
+    return sorted(found, key=lambda d: (d.parent.as_posix(), SCALES.index(d.name)))
+
+
+def display_path(path: Path, root: str | Path | None = None) -> str:
+    """`path` relative to `root` (default: the repository) where it is inside, for tags and tables."""
+    path, root = Path(path).resolve(), Path(root or REPO_ROOT).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+
+
+def _is_comparison(doc: Any) -> bool:
+    keys = {f.name for f in dataclasses.fields(Comparison)} - {"md_path", "json_path"}
+    return isinstance(doc, dict) and keys <= set(doc)
+
+
+def _digest(name: str, files: Iterable[Path]) -> str:
+    """What a rebuilt run is made from: its name, its artifacts' names and bytes, REBUILD_VERSION."""
+    h = hashlib.sha256(f"rebuild {REBUILD_VERSION}\n{name}\n".encode())
+    for f in sorted(files, key=lambda f: f.name):
+        h.update(f"{f.name}\n{f.stat().st_size}\n".encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _log_claims(doc: dict, artifacts: list[Path], tags: Mapping, tracking_uri: str) -> str:
+    """Run `claims/<scale>`: tags verdict/<id>, params claim/<id> and rule/<id>, a claim's real-valued
+    fields (difference, combined_std, ...; not setup names such as runner_up=5000) as metrics
+    <field>/<id>, the files as artifacts."""
+    all_tags = {"paper": doc["paper"], "scale": doc["scale"], "kind": "claims", **tags}
+    with MLflowLogger(doc["paper"], f"claims/{doc['scale']}", all_tags, tracking_uri) as logger:
+        params, metrics = {}, {}
+        for c in doc["claims"]:
+            params[f"claim/{c['id']}"] = c["claim"]
+            if c.get("rule"):
+                params[f"rule/{c['id']}"] = c["rule"]
+            metrics.update({f"{k}/{c['id']}": v for k, v in c.items() if isinstance(v, float)})
+        logger.log_params(params)
+        logger.set_tags({f"verdict/{c['id']}": c["verdict"] for c in doc["claims"]})
+        if metrics:
+            logger.log_metrics(metrics)
+        for path in artifacts:
+            logger.log_artifact(path)
+        return logger.run_id
+
+
+def _rebuild_runs(client: Any, experiment_ids: list[str]) -> list[Any]:
+    """Every active run made by `rebuild` in these experiments (all pages)."""
+    runs, token = [], None
+    while experiment_ids:
+        page = client.search_runs(experiment_ids, "tags.source = 'rebuild'", max_results=1000,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
+def rebuild(patterns: Iterable[str] = RESULTS, tracking_uri: str | None = None,
+            root: str | Path | None = None) -> list[tuple[str, str, str]]:
+    """Re-create the MLflow runs of the committed results, so a fresh clone can browse them.
+
+    For every results folder (:func:`results_dirs`): each comparison table (`<table>.json` as
+    written by :func:`compare`) becomes run `compare/<table>/<scale>` as :func:`log_comparison`
+    logs it (metrics reported/reproduced/delta per row, the table's .md and .json, and the folder's
+    other files: figures, claims.json, ...); `claims.json` becomes run `claims/<scale>` (see
+    :func:`_log_claims`; its artifacts are claims.json and the claims' scorecard rows as
+    claims.md). Runs carry tags source=rebuild, rebuild_from=<folder>, rebuild_digest and, as
+    mlflow.source.*, the command and commit that made the numbers (not those of the rebuild).
+
+    Idempotent: a run whose digest (its files and REBUILD_VERSION) is unchanged is kept; a changed
+    one is made anew and the old one deleted, as are rebuilt runs whose file is gone. Only runs
+    tagged source=rebuild are ever touched. Returns [(created|unchanged|deleted, run, run id)].
+    """
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    from shared.scorecard import load_claims, scorecard  # scorecard imports from here: import late
+
+    uri = tracking_uri or default_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+    actions: list[tuple[str, str, str]] = []
+    for folder in results_dirs(patterns, root):
+        source = display_path(folder, root)
+        files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+        tables: dict[Path, Comparison] = {}
+        for f in files:
+            if f.suffix != ".json":
+                continue
+            try:
+                doc = json.loads(f.read_text())
+            except json.JSONDecodeError as e:
+                raise SchemaError(f"{f}: not JSON: {e}") from e
+            if _is_comparison(doc):
+                c = tables[f] = Comparison.from_dict(doc, str(f))
+                if c.scale != folder.name:
+                    raise ValueError(f"{f}: scale {c.scale!r} in a folder for scale {folder.name!r}")
+                c.json_path, md = f, f.with_suffix(".md")
+                c.md_path = md if md.is_file() else None
+        table_files = set(tables) | {c.md_path for c in tables.values()}
+        extras = [f for f in files if f not in table_files]
+        base = {"source": "rebuild", "rebuild_from": source, "rebuild_commit": git_commit() or "unknown"}
+
+        with tempfile.TemporaryDirectory() as tmp:
+            # (experiment, run name, artifacts, tags, log(tags) -> run id)
+            planned: list[tuple[str, str, list[Path], dict, Any]] = []
+            for c in tables.values():
+                arts = [p for p in (c.md_path, c.json_path, *extras) if p is not None]
+                tags = {**base, "mlflow.source.name": c.provenance.get("command", "unknown"),
+                        "mlflow.source.git.commit": c.provenance.get("commit", "unknown")}
+                planned.append((c.paper, f"compare/{c.table}/{c.scale}", arts, tags,
+                                lambda t, c=c: log_comparison(c, uri, extras, tags=t)))
+            if (claims_file := folder / "claims.json").is_file():
+                doc = load_claims(claims_file)
+                if doc["scale"] != folder.name:
+                    raise ValueError(f"{claims_file}: scale {doc['scale']!r} in a folder for "
+                                     f"scale {folder.name!r}")
+                md = Path(tmp) / "claims.md"
+                md.write_text(scorecard([claims_file], root))
+                tags = {**base, "mlflow.source.name": doc.get("command", "unknown"),
+                        "mlflow.source.git.commit": doc.get("commit", "unknown")}
+                arts = [claims_file, md]
+                planned.append((doc["paper"], f"claims/{doc['scale']}", arts, tags,
+                                lambda t, doc=doc, arts=arts: _log_claims(doc, arts, t, uri)))
+
+            experiments = [e for name in sorted({p[0] for p in planned} | {folder.parent.parent.name})
+                           if (e := client.get_experiment_by_name(name)) is not None]
+            names = {e.experiment_id: e.name for e in experiments}
+            existing = [r for r in _rebuild_runs(client, list(names))
+                        if r.data.tags.get("rebuild_from") == source]
+            keep: set[str] = set()
+            for experiment, name, arts, tags, log in planned:
+                digest = _digest(name, arts)
+                same = [r for r in existing if names[r.info.experiment_id] == experiment
+                        and r.info.run_name == name and r.info.status == "FINISHED"
+                        and r.data.tags.get("rebuild_digest") == digest]
+                if same:
+                    keep.add(same[0].info.run_id)
+                    actions.append(("unchanged", f"{experiment}/{name}", same[0].info.run_id))
+                    continue
+                run_id = log({**tags, "rebuild_digest": digest})
+                keep.add(run_id)
+                actions.append(("created", f"{experiment}/{name}", run_id))
+            # new runs first, then the old ones go: a failure above leaves the store as it was
+            for r in existing:
+                if r.info.run_id not in keep:
+                    client.delete_run(r.info.run_id)
+                    actions.append(("deleted", f"{names[r.info.experiment_id]}/{r.info.run_name}",
+                                    r.info.run_id))
+    return actions
+
+
+def ui_command(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000,
+               workers: int = 1) -> list[str]:
+    """`mlflow ui` on a store (default: the repository's SQLite store); an http URI is a server
+    already, so it is an error. One worker: a single user's browser needs no more, and each costs
+    a Python process."""
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        raise ValueError(f"{uri} is a tracking server already: open it in a browser")
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+            "--port", str(port), "--workers", str(workers)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -557,7 +795,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--log", action="store_true", help="also log the table to MLflow")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or <repo>/mlflow")
+    p = sub.add_parser("rebuild", help="load the committed results (papers/*/results) into the store")
+    p.add_argument("--results", nargs="+", default=list(RESULTS),
+                   help="results folders or globs, relative to the repository (default: %(default)s)")
+    p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or <repo>/mlflow")
+    p = sub.add_parser("ui", help="the MLflow UI on the store (mlflow ui, one worker)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="default: loopback only; on a remote machine forward the port over ssh")
+    p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or <repo>/mlflow")
     args = parser.parse_args(argv)
+    if args.command == "rebuild":
+        actions = rebuild(args.results, args.tracking_uri)
+        for action, name, run_id in actions:
+            print(f"{action:9s} {name}  {run_id}")
+        counts = {kind: sum(a == kind for a, _, _ in actions) for kind in ("created", "unchanged", "deleted")}
+        print(", ".join(f"{n} {kind}" for kind, n in counts.items())
+              + f" in {args.tracking_uri or default_tracking_uri()}")
+        return 0
+    if args.command == "ui":
+        try:
+            command = ui_command(args.tracking_uri, args.host, args.port)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        db = _local_sqlite_path(command[command.index("--backend-store-uri") + 1])
+        if db is not None and not db.is_file():
+            print(f"note: {db} does not exist yet; `python -m shared.tracking rebuild` loads the "
+                  "committed results into it", file=sys.stderr)
+        print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl+C stops it): {' '.join(command[1:])}",
+              flush=True)
+        # The suite runs no server-side jobs (GenAI judges): skip MLflow's job runner process.
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+        os.execve(sys.executable, command, env)  # replaces this process: Ctrl+C reaches mlflow
+        return 0  # not reached
     files = sorted({Path(f) for pattern in args.metrics for f in glob.glob(pattern, recursive=True)})
     if not files:
         print(f"warning: no metrics files match {args.metrics}; every row is 'not run'", file=sys.stderr)

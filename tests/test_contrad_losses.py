@@ -8,10 +8,12 @@ from torch import nn
 
 from papers.contrad.losses import con_neg, con_pos, dis_loss
 from papers.contrad.method import (ContraDDiscriminator, ContraDHeads, contrad, contrad_augment, contrad_d_loss,
-                                   contrad_views)
+                                   contrad_views, simclr_d_loss, simclr_only)
+from shared.data import DeviceLoader
 from shared.gan_losses import identity
 from shared.models.sngan import sngan
-from shared.trainers.gan import GANConfig, d_step, g_step
+from shared.tracking import NullLogger
+from shared.trainers.gan import GANConfig, d_step, g_step, train_gan
 
 CPU = torch.device("cpu")
 
@@ -238,3 +240,39 @@ def test_contrad_rejects_a_plain_discriminator_and_bad_arguments():
         contrad(temperature=0.0)
     with pytest.raises(ValueError, match="lambda_a"):
         contrad(lambda_a=-1.0)
+
+
+# ---------------------------------------------------------------- the SimCLR-only reference (Table 3)
+
+def test_simclr_only_trains_backbone_and_h_r_only_and_is_l_con_plus():
+    _, D = tiny_contrad()
+    method = simclr_only(temperature=0.2)
+    assert method.g_loss is None and method.name == "simclr"
+    real = torch.rand(4, 3, 32, 32) * 2 - 1
+    loss, logs = method.d_loss(D, real, torch.full_like(real, float("nan")), method.augment)  # fakes unused
+    loss.backward()
+    for name, p in D.named_parameters():
+        if name.startswith(("backbone.", "heads.proj_pos.")):
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"D.{name} got no gradient from L_con+"
+        else:
+            assert p.grad is None, f"L_con+ alone reached D.{name}"
+    D.eval()
+    ramp = torch.linspace(0.5, 1.0, 8).view(-1, 1, 1, 1)
+    with torch.no_grad():
+        loss, _ = simclr_d_loss(D, real, real, lambda x: x * ramp, temperature=0.2)
+        z = D.forward_heads(torch.cat([real, real]) * ramp).z_pos
+        torch.testing.assert_close(loss, con_pos(z[:4], z[4:], 0.2))
+
+
+def test_a_d_only_method_never_moves_g_in_the_trainer(tmp_path):
+    G, D = tiny_contrad()
+    g_before = [p.detach().clone() for p in G.parameters()]
+    d_before = [p.detach().clone() for p in D.parameters()]
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    loader = DeviceLoader(x, torch.zeros(8, dtype=torch.long), batch_size=4, drop_last=True, seed=0)
+    cfg = GANConfig(steps=2, batch_size=4, r1_gamma=0.0, style_mixing_prob=0.0, ema_kimg=0.0, ema_start_kimg=0.0,
+                    warmup_steps=2, log_every=1, sample_every=2, checkpoint_every=2, eval_every=2, n_sample_grid=4)
+    train_gan(cfg, G, D, simclr_only(), loader, out_dir=tmp_path, logger=NullLogger(), device=CPU, z_dim=G.z_dim,
+              progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(G.parameters(), g_before))
+    assert any(not torch.equal(p, q) for p, q in zip(D.parameters(), d_before))

@@ -1,25 +1,14 @@
 """gan_simclr end to end: `dvc repro papers/gan_simclr/dvc.yaml` at smoke scale on the real CIFAR-10 copy."""
 import json
-import shutil
 
 import numpy as np
-import yaml
 from PIL import Image
 
-from conftest import REPO
-from test_pipeline import dvc
+from test_pipeline import dvc, smoke_project
 
 
 def test_gan_simclr_pipeline_at_smoke_scale(tmp_path, data_root):
-    project = tmp_path
-    shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
-    for package in ("shared", "papers"):
-        shutil.copytree(REPO / package, project / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "outputs", "results"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update(scale="smoke", tracking={"backend": "none", "uri": None})
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    assert dvc(["init", "--no-scm", "-q"], project).returncode == 0
+    project = smoke_project(tmp_path, packages=("shared", "papers"), tracking={"backend": "none", "uri": None})
 
     run = dvc(["repro", "papers/gan_simclr/dvc.yaml"], project)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

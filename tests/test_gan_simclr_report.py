@@ -195,7 +195,7 @@ def test_claim_a_more_fakes_better(means, std, verdict):
     ((70, 69, 70.5, 72), None, "inconclusive"),  # one seed
 ])
 def test_claim_b_ten_thousand_fakes_best(means, std, verdict):
-    assert report.is_best(_s(*means, std=std), 10000)["verdict"] == verdict
+    assert report.best_of(_s(*means, std=std), 10000)["verdict"] == verdict
 
 
 def test_claim_c_uses_the_equal_compute_numbers():
@@ -219,9 +219,10 @@ def test_claims_json_from_the_full_grid(full):
     saved = json.loads((out / "claims.json").read_text())
     assert saved["verdicts"] == {"a": "holds", "b": "holds", "c": "holds"}
     c = {x["id"]: x for x in saved["claims"]}
-    assert c["c"]["numbers"]["0"]["mean"] == pytest.approx(82.0)  # the figure4 number, not Table 1's
-    assert c["b"]["numbers"]["10000"]["mean"] == pytest.approx(84.0)
+    assert c["c"]["numbers"]["0 fakes"]["mean"] == pytest.approx(82.0)  # the figure4 number, not Table 1's
+    assert c["b"]["numbers"]["10000 fakes"]["mean"] == pytest.approx(84.0)
     assert all("rule" in x and "reason" in x for x in saved["claims"])
+    assert c["a"]["reported"].startswith("LARS, fakes 0: ") and "70.323" not in c["b"]["reported"]
 
 
 def test_single_seed_is_inconclusive(tmp_path):

@@ -191,7 +191,7 @@ def test_train_gan_logs_samples_evaluates_and_checkpoints(tmp_path):
 def test_resumed_training_is_bit_identical(tmp_path):
     def run(out_dir, steps, seed=0):
         G, D = tiny_gan(seed)
-        cfg = tiny_cfg(steps=steps, checkpoint_every=2, r1_interval=3)
+        cfg = tiny_cfg(steps=steps, checkpoint_every=2, r1_interval=3, warmup_steps=4)  # resumes mid-warm-up
         return train_gan(cfg, G, D, nonsaturating(), tiny_loader(n=12), out_dir=out_dir, logger=NullLogger(),
                          device=CPU, z_dim=G.z_dim, evaluate=lambda G, s: {"fid": float(torch.rand(()))},
                          progress=False).G_ema
@@ -225,3 +225,17 @@ def test_wrong_batch_size_and_bad_config_fail_loudly(tmp_path):
         GANConfig(betas=(0.0, 1.0))
     with pytest.raises(ValueError, match="r1_input"):
         GANConfig(r1_input="both")
+
+
+def test_warmup_ramps_both_learning_rates_linearly_and_resumes(tmp_path):
+    from shared.trainers.gan import warmup_factor
+    assert [warmup_factor(4)(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0)(0) == 1.0
+    G, D = tiny_gan()
+    train_gan(tiny_cfg(steps=2, warmup_steps=4, lr_g=0.004, lr_d=0.002), G, D, nonsaturating(), tiny_loader(),
+              out_dir=tmp_path, logger=NullLogger(), device=CPU, z_dim=G.z_dim, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    # after 2 steps the next step runs at 3/4 of the base rates
+    assert state["opt_g"]["param_groups"][0]["lr"] == pytest.approx(0.004 * 0.75)
+    assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(0.002 * 0.75)
+    assert state["sched_g"]["last_epoch"] == 2 and state["sched_d"]["last_epoch"] == 2

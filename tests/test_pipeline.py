@@ -22,9 +22,12 @@ def dvc(args, cwd):
                           text=True, timeout=600)
 
 
-def smoke_project(tmp_path, **overrides):
+def smoke_project(tmp_path, packages=("shared",), **overrides):
+    """A DVC project in `tmp_path` with the repository's top-level files and `packages`, at smoke scale."""
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
-    shutil.copytree(REPO / "shared", tmp_path / "shared", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in packages:
+        shutil.copytree(REPO / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "outputs", "results"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params.update(scale="smoke", **overrides)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

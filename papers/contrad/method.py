@@ -41,7 +41,7 @@ from shared.models.heads import mlp_head
 from shared.views import SimCLRViewConfig, simclr_view
 
 __all__ = ["ContraDOutput", "ContraDHeads", "ContraDDiscriminator", "contrad_views", "contrad_augment",
-           "contrad"]
+           "contrad", "simclr_d_loss", "simclr_only"]
 
 
 # ---------------------------------------------------------------- heads and discriminator
@@ -186,3 +186,27 @@ def contrad(view_cfg: SimCLRViewConfig | None = None, temperature: float = 0.1, 
     return GANMethod(d_loss=functools.partial(contrad_d_loss, temperature=temperature, lambda_a=lambda_a),
                      g_loss=contrad_g_loss, name="contrad",
                      augment=functools.partial(contrad_augment, cfg=view_cfg))
+
+
+def simclr_d_loss(D: nn.Module, real: Tensor, fake: Tensor, augment: Augment,
+                  temperature: float = 0.1) -> tuple[Tensor, Logs]:
+    """L_con+ alone on one pass over aug([real; real]); the fakes are unused (Table 3's SimCLR row)."""
+    _check_contrad_d(D)
+    n = real.shape[0]
+    out = D.forward_heads(augment(torch.cat([real, real])), stop_grad_score=True)
+    loss = con_pos(out.z_pos[:n], out.z_pos[n:], temperature)
+    return loss, {"d/loss": loss.item(), "d/con_pos": loss.item()}
+
+
+def simclr_only(view_cfg: SimCLRViewConfig | None = None, temperature: float = 0.1) -> GANMethod:
+    """D trained by L_con+ alone ("SimCLR, lambda_con = lambda_dis = 0", Table 3), as a D-only method.
+
+    The official `simclr_only` loss still updates G against the untrained score head,
+    which cannot change D; here G is not updated at all (`g_loss=None`), which leaves
+    D's training identical and saves the G step.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    view_cfg = contrad_views() if view_cfg is None else view_cfg
+    return GANMethod(d_loss=functools.partial(simclr_d_loss, temperature=temperature), g_loss=None,
+                     name="simclr", augment=functools.partial(contrad_augment, cfg=view_cfg))

@@ -18,6 +18,7 @@ from PIL import Image
 
 from papers.gan_simclr.config import PARAMS, GANStageConfig, GenerateConfig
 from shared import checkpoint, config, tracking
+from shared.cli import run_stage, stage_parser
 from shared.device import pick_device, to_device
 from shared.io import atomic_write
 from shared.models.stylegan2 import stylegan2
@@ -58,19 +59,12 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser(__doc__, PARAMS)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--gan", default="papers/gan_simclr/outputs/gan")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--params", type=Path, default=PARAMS)
-    parser.add_argument("--suite-params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (config.ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_stage(lambda: run(args))
 
 
 if __name__ == "__main__":

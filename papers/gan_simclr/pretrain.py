@@ -6,27 +6,33 @@
 
 Writes `<out>/metrics.json` (the final linear-eval accuracy and the curve, for the
 report stage), `<out>/config.yaml` (the resolved config) and `<out>/checkpoint.pt`
-(resumed if the stage is re-run after a kill with the same config).
+(resumed if the stage is re-run after a kill with the same config). `--overrides FILE` merges a
+params-shaped YAML over the pretrain section (a sweep's `best_params.yaml`). `shared.tune` runs
+this stage in-process through :func:`sweep_stage`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import tempfile
 from pathlib import Path
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
 from papers.gan_simclr.config import PARAMS, PretrainConfig
 from shared import checkpoint, config, data, tracking
+from shared.cli import run_stage, stage_parser
 from shared.device import pick_device, to_device
 from shared.io import atomic_write_text
 from shared.losses import nt_xent
 from shared.mixing import MixedLoader
 from shared.models import resnet18, simclr_projector
 from shared.trainers.linear_eval import linear_eval
-from shared.trainers.ssl import train_ssl
+from shared.trainers.ssl import OnEval, SSLResult, train_ssl
 from shared.views import SimCLRViews
 
 PAPER_REAL_COUNT = 5000  # the paper's small CIFAR-10 (Sec. 5)
@@ -40,40 +46,61 @@ def load_samples(path: Path) -> np.ndarray:
         return f["x"]
 
 
-def run(args: argparse.Namespace) -> dict | None:
-    suite = config.load_suite(args.suite_params)
-    cfg = config.load_section(PretrainConfig, args.params, "pretrain", suite.scale)
-    out = Path(args.out)
-    if args.seed >= cfg.n_seeds:
-        # The DVC matrix lists the paper's 3 seeds; smaller scales run only the first n_seeds.
-        atomic_write_text(out / "metrics.json", json.dumps(
-            {"skipped": f"seed {args.seed} is not run at scale {suite.scale} (n_seeds={cfg.n_seeds})"}) + "\n")
-        return None
-    if args.optimizer not in cfg.optimizers:
-        raise config.ConfigError(f"{args.params}: no optimiser 'pretrain.optimizers.{args.optimizer}'")
-    ssl_cfg = cfg.optimizers[args.optimizer]
+def load_config(params: Path, scale: str, overrides: Path | Mapping | None = None) -> PretrainConfig:
+    """The ``pretrain`` section of ``params`` at ``scale``, with ``overrides`` merged over it.
+
+    ``overrides`` is a params-shaped mapping or YAML file (``{pretrain: {optimizers: {lars:
+    {lr: 0.3}}}}``, e.g. a sweep's ``best_params.yaml``); its keys are checked like the
+    params file's, and errors name the file they came from.
+    """
+    source = str(params)
+    section = config.section_at_scale(config.load_yaml(params), "pretrain", scale, source)
+    if overrides is not None:
+        if not isinstance(overrides, Mapping):
+            source = f"{overrides} (merged over {params})"
+            overrides = config.load_yaml(overrides)
+        if unknown := [k for k in overrides if k != "pretrain"]:
+            raise config.ConfigError(f"{source}: unknown key '{unknown[0]}' (allowed: pretrain)")
+        if not isinstance(overrides.get("pretrain") or {}, Mapping):
+            raise config.ConfigError(f"{source}: key 'pretrain' must be a mapping")
+        section = config.deep_merge(section, overrides.get("pretrain") or {})
+    return config.build(PretrainConfig, section, source=source, prefix="pretrain.")
+
+
+def pretrain(suite: config.SuiteConfig, cfg: PretrainConfig, *, fakes: int, optimizer: str, seed: int,
+             out: Path, logger: tracking.Logger, samples: str | None = None,
+             prepared: str = "data/prepared/cifar10", subset: str = "data/subsets/cifar10_5k.npy",
+             on_eval: OnEval | None = None, progress: bool = True) -> tuple[SSLResult, dict]:
+    """Pre-train one setup and evaluate it; returns the trainer's result and the metrics.json record.
+
+    ``on_eval(epoch, metrics)`` sees every linear evaluation (a sweep reports it to Optuna).
+    """
+    if optimizer not in cfg.optimizers:
+        raise config.ConfigError(f"no optimiser 'pretrain.optimizers.{optimizer}' "
+                                 f"(have: {', '.join(cfg.optimizers)})")
+    ssl_cfg = cfg.optimizers[optimizer]
     device = pick_device(suite.device)
     # Loader orders are a function of (seed + epoch): space trials 1000 epochs apart so no two share one.
-    seed = suite.seed * 1_000_000 + args.seed * 1000
-    checkpoint.seed_everything(seed)
+    run_seed = suite.seed * 1_000_000 + seed * 1000
+    checkpoint.seed_everything(run_seed)
 
     # ---- data: the 5k real subset, the GAN samples, the full test set
-    real_x, real_y = data.load_prepared(args.prepared, "train")
-    subset = data.load_indices(args.subset)
-    real_x, real_y = torch.from_numpy(real_x[subset]), torch.from_numpy(real_y[subset])
+    real_x, real_y = data.load_prepared(prepared, "train")
+    indices = data.load_indices(subset)
+    real_x, real_y = torch.from_numpy(real_x[indices]), torch.from_numpy(real_y[indices])
     # Fake counts are the paper's, for its 5,000 real images; a smaller real set (smoke) keeps the
     # paper's fake:real ratios (0.5, 1, 2) with proportionally fewer fakes.
-    fakes_used = round(args.fakes * len(real_x) / PAPER_REAL_COUNT)
-    fake_x = torch.from_numpy(load_samples(Path(args.samples))[:fakes_used]) if fakes_used else None
+    fakes_used = round(fakes * len(real_x) / PAPER_REAL_COUNT)
+    fake_x = torch.from_numpy(load_samples(Path(samples))[:fakes_used]) if fakes_used else None
     if fake_x is not None and len(fake_x) < fakes_used:
-        raise ValueError(f"{args.samples} holds {len(fake_x)} samples, fewer than the {fakes_used} needed")
-    test_x, test_y = data.load_prepared(args.prepared, "test")
+        raise ValueError(f"{samples} holds {len(fake_x)} samples, fewer than the {fakes_used} needed")
+    test_x, test_y = data.load_prepared(prepared, "test")
     if cfg.test_limit:  # a stratified subset: the prepared test split is sorted by class
         keep = data.stratified_subset(test_y, cfg.test_limit // len(np.unique(test_y)), seed=0)
         test_x, test_y = test_x[keep], test_y[keep]
     test_x, test_y = torch.from_numpy(test_x), torch.from_numpy(test_y)
     loader = MixedLoader(real_x.to(device), None if fake_x is None else fake_x.to(device),
-                         batch_size=ssl_cfg.batch_size, sampler=cfg.sampler, seed=seed, device=device)
+                         batch_size=ssl_cfg.batch_size, sampler=cfg.sampler, seed=run_seed, device=device)
 
     # ---- model, views, loss
     encoder = to_device(resnet18(width=cfg.width), device)
@@ -83,32 +110,97 @@ def run(args: argparse.Namespace) -> dict | None:
     # The linear head is trained on the 5k real images it was pre-trained on (paper Sec. 2).
     evaluate = lambda enc: linear_eval(enc, (real_x, real_y), (test_x, test_y), cfg.linear, device)  # noqa: E731
 
+    row = f"{optimizer}_fake{fakes}"
+    result = train_ssl(ssl_cfg, encoder, projector, views, loss_fn, loader, out_dir=out, logger=logger,
+                       device=device, evaluate=evaluate, on_eval=on_eval, progress=progress)
+    acc = result.final["linear_test_acc"]
+    metrics = {
+        "paper": "gan_simclr", "table": "table1", "row": row, "scale": suite.scale, "seed": seed,
+        "metrics": {"linear_eval_acc": acc},
+        "fake_count": fakes, "fakes_used": fakes_used, "real_count": len(real_x),
+        "optimizer": optimizer,
+        "epochs": ssl_cfg.epochs, "steps": result.steps, "test_images": len(test_x),
+        "curve": [{"epoch": h["epoch"], "linear_test_acc": h["linear_test_acc"]} for h in result.history],
+        **tracking.provenance(),
+    }
+    logger.log_metrics({"final/linear_eval_acc": acc})
+    return result, metrics
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    suite = config.load_suite(args.suite_params)
+    cfg = load_config(args.params, suite.scale, args.overrides)
+    out = Path(args.out)
+    if args.seed >= cfg.n_seeds:
+        # The DVC matrix lists the paper's 3 seeds; smaller scales run only the first n_seeds.
+        atomic_write_text(out / "metrics.json", json.dumps(
+            {"skipped": f"seed {args.seed} is not run at scale {suite.scale} (n_seeds={cfg.n_seeds})"}) + "\n")
+        return None
+    if args.optimizer not in cfg.optimizers:
+        raise config.ConfigError(f"{args.params}: no optimiser 'pretrain.optimizers.{args.optimizer}'")
+
     resolved = {"scale": suite.scale, "fakes": args.fakes, "optimizer": args.optimizer, "seed": args.seed,
-                "pretrain": config.to_dict(cfg), "ssl": config.to_dict(ssl_cfg)}
+                "pretrain": config.to_dict(cfg), "ssl": config.to_dict(cfg.optimizers[args.optimizer])}
+    if args.overrides is not None:
+        resolved["overrides"] = str(args.overrides)
     checkpoint.fresh_start_if_config_changed(out, resolved)
     row = f"{args.optimizer}_fake{args.fakes}"
     with tracking.stage_logger(suite, "gan_simclr", f"pretrain/{row}/seed{args.seed}", resolved,
-                               stage="pretrain", table="table1", row=row) as log:
-        result = train_ssl(ssl_cfg, encoder, projector, views, loss_fn, loader, out_dir=out, logger=log,
-                           device=device, evaluate=evaluate)
-        acc = result.final["linear_test_acc"]
-        metrics = {
-            "paper": "gan_simclr", "table": "table1", "row": row, "scale": suite.scale, "seed": args.seed,
-            "metrics": {"linear_eval_acc": acc},
-            "fake_count": args.fakes, "fakes_used": fakes_used, "real_count": len(real_x),
-            "optimizer": args.optimizer,
-            "epochs": ssl_cfg.epochs, "steps": result.steps, "test_images": len(test_x),
-            "curve": [{"epoch": h["epoch"], "linear_test_acc": h["linear_test_acc"]} for h in result.history],
-            **tracking.provenance(),
-        }
-        log.log_metrics({"final/linear_eval_acc": acc})
+                               stage="pretrain", table="table1", row=row, seed=args.seed) as log:
+        _, metrics = pretrain(suite, cfg, fakes=args.fakes, optimizer=args.optimizer, seed=args.seed, out=out,
+                              logger=log, samples=args.samples, prepared=args.prepared, subset=args.subset)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    print(f"{row} seed {args.seed}: linear eval {acc:.2f}% ({suite.scale})")
+    print(f"{row} seed {args.seed}: linear eval {metrics['metrics']['linear_eval_acc']:.2f}% ({suite.scale})")
     return metrics
 
 
+# ---- the sweep's view of this stage (python -m shared.tune papers/gan_simclr/sweep.yaml)
+
+@dataclasses.dataclass
+class SweepArgs:
+    """The fixed arguments of a swept run: the sweep file's `args` (the CLI's flags)."""
+    fakes: int = 0
+    optimizer: str = "lars"
+    seed: int = 0
+    samples: str | None = None
+    prepared: str = "data/prepared/cifar10"
+    subset: str = "data/subsets/cifar10_5k.npy"
+
+
+def _sweep_resolve(scale: str, overrides: Mapping, args: SweepArgs) -> dict:
+    cfg = load_config(PARAMS, scale, overrides)
+    if args.optimizer not in cfg.optimizers:
+        raise config.ConfigError(f"{PARAMS}: no optimiser 'pretrain.optimizers.{args.optimizer}'")
+    if args.fakes > 0 and not args.samples:
+        raise config.ConfigError(f"args: fakes={args.fakes} needs samples (an npz of GAN samples)")
+    return {"pretrain": config.to_dict(cfg)}
+
+
+def _sweep_run(suite: config.SuiteConfig, overrides: Mapping, args: SweepArgs, *, logger: tracking.Logger,
+               report: Callable[[int, Mapping[str, float], bool], None]) -> dict[str, float]:
+    cfg = load_config(PARAMS, suite.scale, overrides)
+    epochs = cfg.optimizers[args.optimizer].epochs
+    resolved = {"scale": suite.scale, **dataclasses.asdict(args), "pretrain": config.to_dict(cfg),
+                "ssl": config.to_dict(cfg.optimizers[args.optimizer])}
+    logger.log_params(resolved)
+    logger.log_dict(resolved, "config.yaml")
+    with tempfile.TemporaryDirectory(prefix="sweep_pretrain_") as out:  # a trial's checkpoints are not kept
+        result, _ = pretrain(suite, cfg, fakes=args.fakes, optimizer=args.optimizer, seed=args.seed, out=Path(out),
+                             logger=logger, samples=args.samples, prepared=args.prepared, subset=args.subset,
+                             on_eval=lambda epoch, metrics: report(epoch, metrics, epoch == epochs), progress=False)
+    return result.final
+
+
+def sweep_stage():
+    """This stage as `shared.tune` runs it (registered there as gan_simclr.pretrain)."""
+    from shared.tune import SweepStage  # optuna is imported only by sweeps
+
+    return SweepStage(paper="gan_simclr", stage="pretrain", args_type=SweepArgs, resolve=_sweep_resolve,
+                      run=_sweep_run)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser(__doc__, PARAMS)
     parser.add_argument("--fakes", type=int, required=True, help="number of GAN samples added (0: baseline)")
     parser.add_argument("--optimizer", required=True, help="a key of pretrain.optimizers (adam, lars)")
     parser.add_argument("--seed", type=int, required=True, help="trial index (0, 1, 2)")
@@ -116,17 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", default=None, help="npz of GAN samples (x: uint8 NCHW); needed if --fakes > 0")
     parser.add_argument("--prepared", default="data/prepared/cifar10")
     parser.add_argument("--subset", default="data/subsets/cifar10_5k.npy")
-    parser.add_argument("--params", type=Path, default=PARAMS)
-    parser.add_argument("--suite-params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--overrides", type=Path, default=None,
+                        help="params-shaped YAML merged over the pretrain section (e.g. a sweep's best_params.yaml)")
     args = parser.parse_args(argv)
     if args.fakes > 0 and not args.samples:
         parser.error("--samples is needed when --fakes > 0")
-    try:
-        run(args)
-    except (config.ConfigError, data.DataNotFoundError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_stage(lambda: run(args))
 
 
 if __name__ == "__main__":

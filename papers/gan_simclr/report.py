@@ -30,20 +30,19 @@ import argparse
 import dataclasses
 import io
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from shared.claims import FAILS, HOLDS, INCONCLUSIVE, STD_NOTE, combined_std, is_best
+from shared.cli import run_stage
 from shared.io import atomic_write, atomic_write_text
 from shared.tracking import SCALES, Comparison, SchemaError, compare, log_comparison, provenance
 
 PAPER, TABLE = "gan_simclr", "table1"
 OPTIMIZERS = {"adam": "Adam", "lars": "LARS"}  # metrics-file name -> the paper's label
 FAKE_COUNTS = (0, 2500, 5000, 10000)  # Table 1's setups, all with 5000 real images
-HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
-STD_NOTE = "sample std over seeds (ddof=1); None below 2 seeds"
 EQUAL_COMPUTE_RULE = (
     "budget B = min over setups of (last epoch every seed evaluated) * (Nr + Nf) / Nr, in "
     "baseline-epoch equivalents (the baseline's final epoch when all setups ran equally long); "
@@ -200,14 +199,8 @@ def equal_compute(runs: list[Run]) -> dict:
 
 # ---------------------------------------------------------------- claims
 
-def _combined(a: dict, b: dict) -> float | None:
-    if a["std"] is None or b["std"] is None:
-        return None
-    return math.hypot(a["std"], b["std"])
-
-
 def _numbers(stats: dict[int, dict | None]) -> dict:
-    return {str(k): v for k, v in stats.items()}
+    return {f"{k} fakes": v for k, v in stats.items()}
 
 
 def more_fakes_better(stats: dict[int, dict | None]) -> dict:
@@ -220,7 +213,7 @@ def more_fakes_better(stats: dict[int, dict | None]) -> dict:
     base, most = stats[ks[0]], stats[ks[-1]]
     if base is None or most is None:
         return {**out, "verdict": INCONCLUSIVE, "reason": f"not run: {ks[0]} or {ks[-1]} fakes"}
-    diff, comb = most["mean"] - base["mean"], _combined(most, base)
+    diff, comb = most["mean"] - base["mean"], combined_std(most, base)
     out.update(difference=diff, combined_std=comb)
     if comb is None:
         return {**out, "verdict": INCONCLUSIVE, "reason": "fewer than 2 seeds: std unknown"}
@@ -237,35 +230,9 @@ def more_fakes_better(stats: dict[int, dict | None]) -> dict:
             "reason": f"monotone={monotone}, difference {diff:+.2f} vs combined std {comb:.2f}"}
 
 
-def is_best(stats: dict[int, dict | None], target: int) -> dict:
-    """Claims (b) and (c)'s rule: is setup ``target`` the best of ``stats``?"""
-    rule = (f"holds if {target} fakes has the highest mean and beats the runner-up by more than "
-            f"sqrt(s1^2 + s2^2); does not hold if another setup beats it by more than their "
-            f"combined std; else inconclusive. Needs >= 2 seeds (std known)")
-    out = {"rule": rule, "numbers": _numbers(stats)}
-    best = stats.get(target)
-    if best is None:
-        return {**out, "verdict": INCONCLUSIVE, "reason": f"{target} fakes not run"}
-    others = {k: s for k, s in stats.items() if k != target and s is not None}
-    for k, s in sorted(others.items()):
-        comb = _combined(best, s)
-        if comb is not None and s["mean"] - best["mean"] > comb:
-            return {**out, "verdict": FAILS, "beaten_by": k, "difference": s["mean"] - best["mean"],
-                    "combined_std": comb,
-                    "reason": f"{k} fakes beats it by {s['mean'] - best['mean']:.2f} > {comb:.2f}"}
-    if missing := [k for k, s in stats.items() if s is None]:
-        return {**out, "verdict": INCONCLUSIVE, "reason": f"not run: fake counts {missing}"}
-    if not others:
-        return {**out, "verdict": INCONCLUSIVE, "reason": "nothing to compare with"}
-    runner = max(others, key=lambda k: others[k]["mean"])
-    margin, comb = best["mean"] - others[runner]["mean"], _combined(best, others[runner])
-    out.update(runner_up=runner, difference=margin, combined_std=comb)
-    if comb is None:
-        return {**out, "verdict": INCONCLUSIVE, "reason": "fewer than 2 seeds: std unknown"}
-    if margin > comb:
-        return {**out, "verdict": HOLDS, "reason": f"beats {runner} fakes by {margin:.2f} > {comb:.2f}"}
-    return {**out, "verdict": INCONCLUSIVE,
-            "reason": f"margin over {runner} fakes {margin:+.2f} vs combined std {comb:.2f}"}
+def best_of(stats: dict[int, dict | None], target: int) -> dict:
+    """Claims (b) and (c): is `target` fakes the best setup? (shared.claims.is_best on named setups)"""
+    return is_best({f"{k} fakes": v for k, v in stats.items()}, f"{target} fakes")
 
 
 def claims(table_stats: dict[str, dict[int, dict | None]], figure4: dict) -> list[dict]:
@@ -282,10 +249,10 @@ def claims(table_stats: dict[str, dict[int, dict | None]], figure4: dict) -> lis
          **more_fakes_better(table_stats["lars"])},
         {"id": "b", "claim": "10k fakes are best with Adam",
          "source": "Sec. 5.1; Table 1 caption", "data": "table1 adam rows",
-         **is_best(table_stats["adam"], 10000)},
+         **best_of(table_stats["adam"], 10000)},
         {"id": "c", "claim": "at equal compute the baseline is best with Adam",
          "source": "Sec. 5.2; Figure 4 caption", "data": "figure4.json adam",
-         **is_best(adam_equal, 0)},
+         **best_of(adam_equal, 0)},
     ]
 
 
@@ -407,6 +374,10 @@ def make_report(reported: str | Path, metrics_dir: str | Path, scale: str, out: 
         for optimizer in OPTIMIZERS}
     equal = equal_compute(runs)
     verdicts = claims(table_stats, equal)
+    printed = {opt: ", ".join(f"{k}: {by_id[row_id(opt, k)].reported_mean:g}" for k in FAKE_COUNTS) for opt in OPTIMIZERS}
+    for claim, text in zip(verdicts, (f"LARS, fakes {printed['lars']}", f"Adam, fakes {printed['adam']}",
+                                      "Figure 4 (its values are not in the text)")):
+        claim["reported"] = text  # what the paper printed, for the suite's scorecard
     prov = provenance()
     paths = {name: out / name for name in ("figure3.png", "figure4.png", "figure4.json", "claims.json")}
     figure3(runs, scale, paths["figure3.png"])
@@ -441,18 +412,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", action="store_true", help="log the comparison run to MLflow")
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or <repo>/mlflow")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         report = make_report(args.reported, args.metrics_dir, args.scale, args.out, args.log,
                              args.tracking_uri, args.gan_metrics)
-    except (FileNotFoundError, ValueError) as err:  # SchemaError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(report.comparison.md_path.read_text(), end="")
-    for c in report.claims:
-        print(f"claim ({c['id']}) {c['claim']}: {c['verdict']} ({c['reason']})")
-    if report.run_id is not None:
-        print(f"logged to MLflow run {report.run_id}")
-    return 0
+        print(report.comparison.md_path.read_text(), end="")
+        for c in report.claims:
+            print(f"claim ({c['id']}) {c['claim']}: {c['verdict']} ({c['reason']})")
+        if report.run_id is not None:
+            print(f"logged to MLflow run {report.run_id}")
+
+    return run_stage(run)  # SchemaError is a ValueError
 
 
 if __name__ == "__main__":

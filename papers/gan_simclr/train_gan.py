@@ -20,6 +20,7 @@ import torch
 
 from papers.gan_simclr.config import PARAMS, GANStageConfig
 from shared import checkpoint, config, data, metrics, tracking
+from shared.cli import run_stage, stage_parser
 from shared.device import pick_device, to_device
 from shared.gan_losses import nonsaturating
 from shared.io import atomic_write_text
@@ -72,19 +73,12 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser(__doc__, PARAMS)
     parser.add_argument("--out", required=True)
     parser.add_argument("--prepared", default="data/prepared/cifar10")
     parser.add_argument("--subset", default="data/subsets/cifar10_5k.npy")
-    parser.add_argument("--params", type=Path, default=PARAMS)
-    parser.add_argument("--suite-params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (config.ConfigError, data.DataNotFoundError, metrics.WeightsNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_stage(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ class GANConfig:
     style_mixing_prob: float = 0.9
     mirror: bool = True  # x-flip each real with probability 0.5 (run_cifar.py mirror_augment=True)
     d_steps_per_g: int = 1
+    warmup_steps: int = 0  # linear lr warm-up of both optimisers over this many G steps (ContraD: 3000); 0: none
     log_every: int = 100  # steps
     sample_every: int = 5000  # steps; the last step always samples
     checkpoint_every: int = 5000  # steps; the last step always checkpoints
@@ -88,7 +89,7 @@ class GANConfig:
         self.betas = tuple(float(b) for b in self.betas)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        for name in ("r1_gamma", "r1_interval", "ema_kimg", "ema_start_kimg", "ema_rampup"):
+        for name in ("warmup_steps", "r1_gamma", "r1_interval", "ema_kimg", "ema_start_kimg", "ema_rampup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.r1_input not in ("augmented", "clean"):
@@ -201,6 +202,11 @@ def ema_beta(cfg: GANConfig, nimg: int) -> float:
     return 0.5 ** (cfg.batch_size / half_life) if half_life > 0 else 0.0
 
 
+def warmup_factor(warmup_steps: int) -> Callable[[int], float]:
+    """LambdaLR factor: the lr grows linearly to its value over the first `warmup_steps` updates."""
+    return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
 def _check_finite(loss: Tensor, what: str, step: int) -> float:
     value = loss.item()
     if not math.isfinite(value):
@@ -287,6 +293,9 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas, eps=1e-8)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas, eps=1e-8)
+    # Both schedules step once per G step (the D schedule too, whatever d_steps_per_g is).
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, warmup_factor(cfg.warmup_steps))
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, warmup_factor(cfg.warmup_steps))
     step, epoch, batches_done, history, best = 0, 0, 0, [], None
 
     state = checkpoint.load(ckpt_path, map_location=device)
@@ -296,6 +305,8 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
         G_ema.load_state_dict(state["G_ema"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
+        sched_g.load_state_dict(state["sched_g"])
+        sched_d.load_state_dict(state["sched_d"])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
         history, best = state["history"], state["best"]
         checkpoint.set_rng_state(state["rng"])
@@ -318,8 +329,12 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
                 real = torch.where(flip, real.flip(3), real)
             d_logs = d_step(G, D, method, real, opt_d, cfg, step * cfg.d_steps_per_g + k, z_dim, device, step + 1)
 
-        # ---- G: method's G loss through the frozen D, then the EMA of G
-        g_logs = g_step(G, D, method, opt_g, cfg, cfg.batch_size, z_dim, device, step + 1)
+        # ---- G: method's G loss through the frozen D, then the EMA of G (a D-only method skips it)
+        g_logs = {}
+        if method.g_loss is not None:
+            g_logs = g_step(G, D, method, opt_g, cfg, cfg.batch_size, z_dim, device, step + 1)
+            sched_g.step()
+        sched_d.step()
         step += 1
         beta = ema_beta(cfg, step * cfg.batch_size)
         update_ema(G_ema, G, beta)
@@ -330,7 +345,7 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
         if step % cfg.log_every == 0:
             logger.log_metrics({**{f"train/{k}": v for k, v in {**d_logs, **g_logs}.items()},
                                 "train/ema_beta": beta, "train/kimg": step * cfg.batch_size / 1000}, step=step)
-            bar.set_postfix(d=f"{d_logs['d/total']:.3f}", g=f"{g_logs['g/total']:.3f}")
+            bar.set_postfix({k.split("/")[0]: f"{v:.3f}" for k, v in {**d_logs, **g_logs}.items() if k.endswith("/total")})
         if step % cfg.sample_every == 0 or last:
             images = sample_images(G_ema, cfg.n_sample_grid, cfg.batch_size, cfg.sample_seed, device, z_dim=z_dim)
             grid = image_grid(images, nrow=math.ceil(math.sqrt(cfg.n_sample_grid)))
@@ -350,6 +365,7 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
             checkpoint.save(ckpt_path, {
                 "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
                 "step": step, "epoch": epoch, "batches_done": batches_done, "history": history, "best": best,
                 "rng": checkpoint.rng_state(), "config": dataclasses.asdict(cfg),
             })

@@ -27,6 +27,7 @@ from shared.tracking import Logger
 Views = Callable[[torch.Tensor], list[torch.Tensor]]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Evaluate = Callable[[nn.Module], dict[str, float]]
+OnEval = Callable[[int, dict[str, float]], None]  # (epoch, evaluate's metrics)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -109,12 +110,15 @@ def ssl_step(encoder: nn.Module, projector: nn.Module, views: Views, loss_fn: Lo
 
 def train_ssl(cfg: SSLConfig, encoder: nn.Module, projector: nn.Module, views: Views, loss_fn: Loss,
               loader: EpochLoader, *, out_dir: str | Path, logger: Logger, device: torch.device,
-              evaluate: Evaluate | None = None, progress: bool = True) -> SSLResult:
+              evaluate: Evaluate | None = None, on_eval: OnEval | None = None,
+              progress: bool = True) -> SSLResult:
     """Pre-train ``encoder`` + ``projector`` with ``loss_fn`` on ``views`` of ``loader``'s batches.
 
     ``evaluate(encoder)`` returns metrics (e.g. linear-eval accuracy); it runs every
     ``cfg.eval_every`` epochs and after the last, each result logged as ``eval/<name>``
-    against the epoch. The checkpoint ``out_dir/checkpoint.pt`` is resumed if present.
+    against the epoch, then handed to ``on_eval(epoch, metrics)`` if given (a sweep
+    reports it to Optuna there, and may stop the run by raising). The checkpoint
+    ``out_dir/checkpoint.pt`` is resumed if present.
     Raises :class:`NonFiniteLossError` naming the step and value if the loss diverges.
     """
     out_dir = Path(out_dir)
@@ -159,6 +163,8 @@ def train_ssl(cfg: SSLConfig, encoder: nn.Module, projector: nn.Module, views: V
             encoder.train()
             history.append({"epoch": done, **metrics})
             logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=done)
+            if on_eval is not None:
+                on_eval(done, metrics)
         if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
             checkpoint.save(ckpt_path, {
                 "encoder": encoder.state_dict(), "projector": projector.state_dict(),

@@ -1,0 +1,80 @@
+"""Typed configs of the contrad stages; defaults are the paper's CIFAR-10 protocol (official code's values)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from shared.metrics import MetricsConfig
+from shared.trainers.gan import GANConfig
+from shared.trainers.linear_eval import LinearEvalConfig
+from shared.views import SimCLRViewConfig
+
+PARAMS = Path(__file__).with_name("params.yaml")
+
+ARCHITECTURES = ("sndcgan", "snresnet18")  # D; G is SNDCGAN for both (Table 1's first two blocks)
+METHODS = ("baseline", "diffaugment", "contrad", "simclr")  # simclr: D trained by L_con+ alone (Table 3)
+
+
+def _contrad_views() -> SimCLRViewConfig:
+    # ContraD's `simclr` augmentation (official augment.gin): no blur.
+    return SimCLRViewConfig(crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, brightness=0.4,
+                            contrast=0.4, saturation=0.4, hue=0.1, jitter_p=0.8, grayscale_p=0.2, blur_p=0.0,
+                            solarize_p=0.0)
+
+
+def _paper_train() -> GANConfig:
+    # configs/gan/cifar10/c10_b512.gin: batch 512, 200k steps, n_critic 1, Adam 2e-4 (0.5, 0.999), non-saturating;
+    # 3000-step linear warm-up; no R1, no style mixing, no mirrored reals (the augmentation flips).
+    return GANConfig(steps=200_000, batch_size=512, lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), r1_gamma=0.0,
+                     r1_interval=0, style_mixing_prob=0.0, mirror=False, warmup_steps=3000, ema_kimg=0.0,
+                     ema_start_kimg=0.0, log_every=100, sample_every=10_000, checkpoint_every=5000,
+                     eval_every=5000)
+
+
+@dataclasses.dataclass
+class ArchitectureConfig:
+    width: float = 1.0  # channel multiplier of G and D (paper: 1)
+    z_dim: int = 128
+    score_hidden: int = 512  # hidden width of ContraD's heads (official d_hidden)
+
+
+def _paper_architectures() -> dict[str, ArchitectureConfig]:
+    return {"sndcgan": ArchitectureConfig(score_hidden=512), "snresnet18": ArchitectureConfig(score_hidden=1024)}
+
+
+@dataclasses.dataclass
+class TrainStageConfig:
+    """GAN training of one (architecture, method, seed); what runs at a scale is `run`."""
+    architectures: dict[str, ArchitectureConfig] = dataclasses.field(default_factory=_paper_architectures)
+    run_architectures: list[str] = dataclasses.field(default_factory=lambda: list(ARCHITECTURES))
+    run_methods: list[str] = dataclasses.field(default_factory=lambda: list(METHODS))
+    n_seeds: int = 1  # Table 1 reports single numbers; Table 3 is 3 runs of the linear evaluation
+    train: GANConfig = dataclasses.field(default_factory=_paper_train)
+    diffaugment_policy: str = "translation,cutout"  # Table 1's DiffAug row
+    temperature: float = 0.1  # --temp
+    lambda_a: float = 1.0  # --lbd_a
+    views: SimCLRViewConfig = dataclasses.field(default_factory=_contrad_views)
+    fid_samples: int = 10_000  # FID of 10k samples against the CIFAR-10 test set
+    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+
+    def __post_init__(self):
+        for name, allowed, values in (("run_architectures", ARCHITECTURES, self.run_architectures),
+                                      ("run_methods", METHODS, self.run_methods)):
+            if unknown := [v for v in values if v not in allowed]:
+                raise ValueError(f"{name}: unknown {unknown}; allowed: {list(allowed)}")
+        if missing := [a for a in self.run_architectures if a not in self.architectures]:
+            raise ValueError(f"run_architectures {missing} have no entry under architectures")
+        if self.n_seeds < 1:
+            raise ValueError(f"n_seeds must be >= 1, got {self.n_seeds}")
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """Linear evaluation of D's penultimate features, computed once (official test_lineval.py: plain SGD 0.1, no
+    momentum or weight decay, 100 epochs, x0.1 at 60/75/90, batch 256, the last epoch's test accuracy)."""
+    linear: LinearEvalConfig = dataclasses.field(default_factory=lambda: LinearEvalConfig(
+        epochs=100, batch_size=256, optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0,
+        milestones=(60, 75, 90), gamma=0.1))
+    repeats: int = 3  # "mean and standard deviation across 3 runs of the evaluation" (Table 3)
+    train_limit: int | None = None  # a stratified subset of the train set for the linear head (None: all)
+    test_limit: int | None = None  # a stratified subset of the test set (None: all)

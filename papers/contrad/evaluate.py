@@ -1,0 +1,148 @@
+"""Stage `evaluate`: one trained run's Table 1 cell (best FID, IS) and Table 3 cell (linear evaluation of D).
+
+    python -m papers.contrad.evaluate --run papers/contrad/outputs/train/sndcgan_contrad_seed0 \
+        --out papers/contrad/outputs/eval/sndcgan_contrad_seed0
+
+Table 1: the FID and IS of G at its best-FID evaluation, read from the train stage's
+history (FID picks the checkpoint, as the paper's "best FID"). Table 3 (ContraD and
+SimCLR runs): D's penultimate features of the CIFAR-10 train and test images are
+computed once (un-augmented, D's [-1, 1] input range), then `evaluate.repeats` linear
+heads are trained on them with different seeds (plain SGD 0.1, 100 epochs, x0.1 at
+60/75/90); the cell is their mean test accuracy, with the spread over repeats kept.
+Writes `<out>/table1_fid.json` and `<out>/table1_is.json` (each with the evaluation
+history) and/or `<out>/table3.json` in the suite's metrics-file format (paper, table, row, scale, seed, metrics) and `<out>/samples.png`
+(G's last sample grid), or `<out>/skipped.json` for a run the scale does not make.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from papers.contrad.config import PARAMS, EvaluateConfig, TrainStageConfig
+from papers.contrad.train import CONTRASTIVE, build_models
+from shared import checkpoint, config, data, tracking
+from shared.cli import run_stage, stage_parser
+from shared.device import pick_device, to_device
+from shared.io import atomic_write, atomic_write_text
+from shared.trainers.linear_eval import extract_features, train_linear
+
+
+class DiscriminatorFeatures(nn.Module):
+    """D's penultimate features of images in [0, 1] (what `extract_features` feeds), D seeing [-1, 1]."""
+
+    def __init__(self, D: nn.Module):
+        super().__init__()
+        self.D = D
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.D.features(x * 2 - 1)
+
+
+def row_id(architecture: str, method: str) -> str:
+    return f"{architecture}_{method}_c10"
+
+
+def _limited(x: np.ndarray, y: np.ndarray, limit: int | None) -> tuple[Tensor, Tensor]:
+    if limit:  # a stratified subset: the same images for every run
+        keep = data.stratified_subset(y, limit // len(np.unique(y)), seed=0)
+        x, y = x[keep], y[keep]
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def table1_cell(train_metrics: dict) -> dict[str, float]:
+    """FID and IS (with their detector's key suffix) at the best-FID evaluation of the run."""
+    best = train_metrics["best"]
+    if not best:
+        raise ValueError(f"the run has no evaluation to take the best FID from (history: {train_metrics['history']})")
+    at_best = next(h for h in train_metrics["history"] if h["step"] == best["step"])
+    return {k: float(v) for k, v in at_best.items() if k != "step"}
+
+
+def linear_eval_of_d(D: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
+                     cfg: EvaluateConfig, device: torch.device) -> dict:
+    """Features once, then `cfg.repeats` linear heads (seeds 0..repeats-1); accuracies in %."""
+    encoder = DiscriminatorFeatures(D)
+    bs = cfg.linear.feature_batch_size
+    train_f, test_f = extract_features(encoder, train[0], device, bs), extract_features(encoder, test[0], device, bs)
+    train_y, test_y = train[1].to(device), test[1].to(device)
+    runs = [train_linear(train_f, train_y, test_f, test_y, dataclasses.replace(cfg.linear, seed=k))
+            for k in range(cfg.repeats)]
+    accs = [r["linear_test_acc"] for r in runs]
+    return {"linear_eval_acc": statistics.fmean(accs),
+            "linear_eval_acc_std_over_repeats": statistics.stdev(accs) if len(accs) > 1 else None,
+            "repeats": accs, "train_accs": [r["linear_train_acc"] for r in runs],
+            "feature_dim": train_f.shape[1], "train_images": len(train_y), "test_images": len(test_y)}
+
+
+def _metrics_file(table: str, row: str, scale: str, seed: int, values: dict, **extra) -> dict:
+    return {"paper": "contrad", "table": table, "row": row, "scale": scale, "seed": seed, "metrics": values,
+            **extra, **tracking.provenance()}
+
+
+def run(args: argparse.Namespace) -> dict:
+    suite = config.load_suite(args.suite_params)
+    train_cfg = config.load_section(TrainStageConfig, args.params, "train", suite.scale)
+    cfg = config.load_section(EvaluateConfig, args.params, "evaluate", suite.scale)
+    run_dir, out = Path(args.run), Path(args.out)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path}: no trained run; run the train stage first")
+    trained = json.loads(metrics_path.read_text())
+    if "skipped" in trained:
+        atomic_write_text(out / "skipped.json", json.dumps({"skipped": trained["skipped"]}) + "\n")
+        return {}
+    if trained["scale"] != suite.scale:
+        raise ValueError(f"{metrics_path} is from scale {trained['scale']!r}, evaluating at {suite.scale!r}")
+    arch, method, seed = trained["architecture"], trained["method"], trained["seed"]
+    row, written = row_id(arch, method), {}
+
+    if method != "simclr":  # a GAN: its FID and IS at the best-FID evaluation, one file per reported table
+        cell = table1_cell(trained)
+        common = dict(fid_label=trained["fid_label"], best_step=trained["best"]["step"],
+                      fid_samples=trained["fid_samples"], steps=trained["steps"], kimg=trained["kimg"])
+        for name in ("fid", "is"):
+            values = {k: v for k, v in cell.items() if k.startswith(f"{name}_")}
+            written[f"table1_{name}.json"] = _metrics_file(f"table1_{name}", row, suite.scale, seed, values,
+                                                           **common, history=trained["history"])
+    if method in CONTRASTIVE:  # Table 3: the linear evaluation of D
+        device = pick_device(suite.device)
+        state = checkpoint.load(run_dir / "discriminator.pt", map_location=device)
+        if state is None:
+            raise FileNotFoundError(f"{run_dir / 'discriminator.pt'}: the trained D is missing")
+        _, D = build_models(arch, method, train_cfg)
+        D = to_device(D, device)
+        D.load_state_dict(state["D"])
+        x, y = data.load_prepared(args.prepared, "train")
+        tx, ty = data.load_prepared(args.prepared, "test")
+        result = linear_eval_of_d(D, _limited(x, y, cfg.train_limit), _limited(tx, ty, cfg.test_limit), cfg, device)
+        acc = result.pop("linear_eval_acc")
+        written["table3.json"] = _metrics_file("table3", row, suite.scale, seed, {"linear_eval_acc": acc},
+                                               linear_eval=result, protocol=config.to_dict(cfg))
+        print(f"evaluate {row} seed {seed}: linear eval {acc:.2f}% over {cfg.repeats} heads ({suite.scale})")
+    for name, doc in written.items():
+        atomic_write_text(out / name, json.dumps(doc, indent=2) + "\n")
+    grids = sorted((run_dir / "samples").glob("step_*.png"))
+    if method != "simclr" and grids:  # the last grid, for the report's sample figure
+        atomic_write(out / "samples.png", lambda f: f.write(grids[-1].read_bytes()))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__, PARAMS)
+    parser.add_argument("--run", required=True, help="a train stage's output folder")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--prepared", default="data/prepared/cifar10")
+    args = parser.parse_args(argv)
+    return run_stage(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
