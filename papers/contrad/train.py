@@ -32,7 +32,7 @@ from shared.device import pick_device, to_device
 from shared.gan_losses import GANMethod, nonsaturating
 from shared.io import atomic_write_text
 from shared.models.sngan import sngan
-from shared.trainers.gan import sample_images, train_gan
+from shared.trainers.gan import fid_evaluate, train_gan
 
 CONTRASTIVE = ("contrad", "simclr")  # methods whose D carries ContraD's three heads
 
@@ -96,8 +96,7 @@ def run(args: argparse.Namespace) -> dict | None:
         scorer = metrics.make_scorer(test_x, cfg.metrics.inception_weights, cfg.metrics.extractor, device,
                                      cfg.metrics.is_splits)
         train_cfg = dataclasses.replace(cfg.train, best_key=f"fid_{scorer.kind}")
-        evaluate = lambda G_ema, step: scorer.score(  # noqa: E731
-            sample_images(G_ema, cfg.fid_samples, 500, seed=step, device=device, z_dim=z_dim))
+        evaluate = fid_evaluate(scorer, cfg.fid_samples, 500, device, z_dim)
 
     resolved = {"scale": suite.scale, "architecture": args.architecture, "method": args.method, "seed": args.seed,
                 "train": config.to_dict(cfg), "fid": None if scorer is None else scorer.label}

@@ -25,7 +25,7 @@ from shared.device import pick_device, to_device
 from shared.gan_losses import nonsaturating
 from shared.io import atomic_write_text
 from shared.models.stylegan2 import stylegan2
-from shared.trainers.gan import sample_images, train_gan
+from shared.trainers.gan import fid_evaluate, train_gan
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -50,8 +50,7 @@ def run(args: argparse.Namespace) -> dict:
     G, D = stylegan2(cfg.architecture)
     G, D = to_device(G, device), to_device(D, device)
     method = nonsaturating(cfg.policy)
-    evaluate = lambda G_ema, step: scorer.score(  # noqa: E731
-        sample_images(G_ema, cfg.fid_samples, 250, seed=step, device=device))
+    evaluate = fid_evaluate(scorer, cfg.fid_samples, 250, device)
 
     resolved = {"scale": suite.scale, "gan": config.to_dict(cfg), "fid": scorer.label}
     checkpoint.fresh_start_if_config_changed(out, resolved)

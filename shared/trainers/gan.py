@@ -164,6 +164,12 @@ def sample_images(G_ema: nn.Module, n: int, batch_size: int, seed: int, device: 
     return torch.cat(out)
 
 
+def fid_evaluate(scorer, n: int, batch_size: int, device: torch.device, z_dim: int | None = None) -> Evaluate:
+    """The trainer's `evaluate`: score `n` G_ema samples drawn with the step as seed (`scorer`: a
+    `shared.metrics.FIDScorer`, returning fid_<kind> / is_<kind>)."""
+    return lambda G_ema, step: scorer.score(sample_images(G_ema, n, batch_size, seed=step, device=device, z_dim=z_dim))
+
+
 def image_grid(images: Tensor, nrow: int) -> Tensor:
     """uint8 (N, C, H, W) -> one uint8 (rows * H, nrow * W, C) grid, `nrow` images per row, row-major.
 
