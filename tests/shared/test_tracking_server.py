@@ -20,7 +20,9 @@ from shared.config import SuiteConfig, TrackingConfig
 from shared.scorecard import scorecard
 from shared.tracking import Comparison, compare, log_comparison, rebuild, ui_command
 
-REPO = Path(__file__).resolve().parents[1]
+from shared.config import REPO_ROOT
+
+REPO = REPO_ROOT
 REPORTED = {"paper": "alpha", "source": "Alpha et al., Table 1", "tables": {"t1": {
     "caption": "accuracy", "metric": "acc", "unit": "%",
     "rows": [{"id": "r1", "label": {"fakes": 0}, "mean": 70.0, "std": 0.5},

@@ -9,7 +9,7 @@ from shared.bench import bench_ssl
 from shared.device import autocast, pick_device, prepare_batch, to_device
 from shared.models import resnet18
 
-from conftest import REPO
+from shared.config import REPO_ROOT as REPO
 
 
 def test_pick_device():

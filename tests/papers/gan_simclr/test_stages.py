@@ -2,7 +2,7 @@ import json
 
 import yaml
 
-from conftest import REPO
+from shared.config import REPO_ROOT as REPO
 from papers.gan_simclr import pretrain
 from shared import checkpoint, config
 

@@ -4,11 +4,10 @@ import json
 import numpy as np
 from PIL import Image
 
-from test_pipeline import dvc, smoke_project
 
 
-def test_contrad_pipeline_at_smoke_scale(tmp_path, data_root):
-    project = smoke_project(tmp_path, packages=("shared", "papers"), tracking={"backend": "none", "uri": None})
+def test_contrad_pipeline_at_smoke_scale(smoke_project, dvc, data_root):
+    project = smoke_project(packages=("shared", "papers"), tracking={"backend": "none", "uri": None})
 
     run = dvc(["repro", "papers/contrad/dvc.yaml"], project)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -10,7 +10,9 @@ import pytest
 from shared.scorecard import END, START, load_claims, main, scorecard, splice
 from shared.tracking import SchemaError
 
-REPO = Path(__file__).resolve().parents[1]
+from shared.config import REPO_ROOT
+
+REPO = REPO_ROOT
 
 ALPHA = {  # the shape gan_simclr's report stage writes, plus the optional `reported`
     "paper": "alpha", "scale": "mini", "note": "rules are the suite's",

@@ -19,7 +19,9 @@ from shared import data
 from shared.data import (CIFAR10_CLASSES, CorruptDataError, DataNotFoundError, DeviceLoader, load_indices,
                          load_prepared, load_split, prepare, save_indices, stratified_subset)
 
-REPO = Path(__file__).resolve().parents[1]
+from shared.config import REPO_ROOT
+
+REPO = REPO_ROOT
 DIGITS = [str(d) for d in range(10)]
 
 

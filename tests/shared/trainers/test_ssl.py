@@ -16,7 +16,7 @@ from shared.tracking import NullLogger
 from shared.trainers.linear_eval import LinearEvalConfig, knn_accuracy, linear_eval, train_linear
 from shared.trainers.ssl import NonFiniteLossError, SSLConfig, make_optimizer, ssl_step, train_ssl
 
-from conftest import REPO
+from shared.config import REPO_ROOT as REPO
 
 
 class TensorLoader:
@@ -125,7 +125,7 @@ CHILD = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
-    from test_trainers import TensorLoader, toy_images, tiny_net
+    from test_ssl import TensorLoader, toy_images, tiny_net
     from shared.losses import nt_xent
     from shared.tracking import NullLogger
     from shared.trainers.linear_eval import LinearEvalConfig, linear_eval
@@ -159,7 +159,7 @@ CHILD = textwrap.dedent("""
 
 def test_sigkilled_run_resumes_to_the_same_result(tmp_path):
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(tests=str(REPO / "tests")))
+    script.write_text(CHILD.format(tests=str(REPO / "tests" / "shared" / "trainers")))
 
     def run(out, kill_at):
         out.mkdir(exist_ok=True)
@@ -179,90 +179,3 @@ def test_sigkilled_run_resumes_to_the_same_result(tmp_path):
     b = json.loads((tmp_path / "killed" / "result.json").read_text())
     assert a == b
     assert len(a["history"]) == 3 and a["steps"] == 12
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "ckpt.pt"
-    checkpoint.save(path, {"step": 1})
-
-    def boom(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError, match="disk full"):
-        checkpoint.save(path, {"step": 2})
-    monkeypatch.undo()
-    assert checkpoint.load(path)["step"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
-
-
-def test_corrupt_checkpoint_names_the_file(tmp_path):
-    path = tmp_path / "checkpoint.pt"
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(checkpoint.CheckpointError, match="checkpoint.pt is corrupt"):
-        checkpoint.load(path)
-    assert checkpoint.load(tmp_path / "absent.pt") is None
-
-
-def test_rng_state_round_trip():
-    checkpoint.seed_everything(3)
-    state = checkpoint.rng_state()
-    a = (torch.rand(3), np.random.rand(3))
-    checkpoint.set_rng_state(state)
-    b = (torch.rand(3), np.random.rand(3))
-    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-
-
-# --------------------------------------------------------------------------- evaluation
-
-def blobs(n, d=16, classes=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = 3 * torch.randn(classes, d, generator=torch.Generator().manual_seed(99))
-    y = torch.arange(n) % classes
-    return centres[y] + torch.randn(n, d, generator=g), y
-
-
-def test_linear_head_matches_sklearn_logistic_regression():
-    train_x, train_y = blobs(400, seed=1)
-    test_x, test_y = blobs(400, seed=2)
-    ours = train_linear(train_x, train_y, test_x, test_y, LinearEvalConfig(epochs=50, lr=1e-2, batch_size=64))
-    ref = LogisticRegression(max_iter=2000).fit(train_x.numpy(), train_y.numpy())
-    ref_acc = ref.score(test_x.numpy(), test_y.numpy()) * 100
-    assert ours["linear_test_acc"] > 90
-    assert abs(ours["linear_test_acc"] - ref_acc) < 3
-
-
-def test_linear_head_sgd_with_milestones_is_deterministic():
-    train_x, train_y = blobs(200, seed=1)
-    cfg = LinearEvalConfig(epochs=10, optimizer="sgd", lr=0.1, milestones=(5, 8), seed=4)
-    torch.manual_seed(0)
-    a = train_linear(train_x, train_y, train_x, train_y, cfg)
-    b = train_linear(train_x, train_y, train_x, train_y, cfg)
-    assert a == b
-
-
-def test_knn_matches_sklearn_weighted_knn():
-    train_x, train_y = blobs(300, seed=3)
-    test_x, test_y = blobs(200, seed=4)
-    train_x, test_x = train_x - 1.5, test_x - 1.5  # spread the angles so cosine kNN is non-trivial
-    k, t = 15, 0.1
-    ours = knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=t)
-    ref = KNeighborsClassifier(n_neighbors=k, metric="cosine", weights=lambda d: np.exp((1 - d) / t))
-    ref_acc = ref.fit(train_x.numpy(), train_y.numpy()).score(test_x.numpy(), test_y.numpy()) * 100
-    assert ours == pytest.approx(ref_acc, abs=0.51)  # at most one tie broken differently
-
-
-def test_linear_eval_extracts_features_in_eval_mode_without_touching_rng():
-    encoder, _ = tiny_net()
-    encoder.train()
-    x, y = toy_images(32)
-    torch.manual_seed(5)
-    expected = torch.rand(1)
-    torch.manual_seed(5)
-    out = linear_eval(encoder, (x, y), (x, y), LinearEvalConfig(epochs=2), torch.device("cpu"), knn_k=3)
-    assert torch.equal(torch.rand(1), expected)
-    assert encoder.training
-    assert set(out) == {"linear_train_acc", "linear_test_acc", "knn_test_acc"}
-    assert all(0 <= v <= 100 for v in out.values())

@@ -16,7 +16,9 @@ from PIL import Image
 from papers.gan_simclr import report
 from shared.tracking import load_reported
 
-REPO = Path(__file__).resolve().parents[1]
+from shared.config import REPO_ROOT
+
+REPO = REPO_ROOT
 REPORTED = REPO / "papers" / "gan_simclr" / "reported.yaml"
 EPOCHS = list(range(2, 13, 2))
 OFFSET = {0: -0.5, 1: 0.0, 2: 0.5}

@@ -5,13 +5,14 @@ import json
 import math
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 import yaml
 
-from conftest import REPO
+from shared.config import REPO_ROOT as REPO
 from papers.gan_simclr import pretrain
 from shared import config, tracking, tune
 
@@ -228,3 +229,10 @@ def test_a_pruned_trial_stops_its_run(tmp_path):
     assert states == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.PRUNED]
     assert list(study.trials[2].intermediate_values) == [1]  # stopped after its first evaluation
 
+
+
+@pytest.fixture(autouse=True)
+def _toy_stage_importable(monkeypatch):
+    """Sweep files name their stage as `module:function`; the toy stage lives in this module, which
+    spawned workers import by name (they inherit the parent's sys.path)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))

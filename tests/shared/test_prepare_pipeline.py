@@ -1,42 +1,14 @@
 """The top-level DVC pipeline, run for real at smoke scale on the offline data."""
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import yaml
 
-from conftest import REPO
 from shared import data
 
 
-def dvc(args, cwd):
-    bin_dir = str(Path(sys.executable).parent)  # `python` in the stage commands is this venv's
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
-    if env.get("REPRO_DATA_DIR"):  # the stages run in `cwd`, so a relative data root must be made absolute
-        env["REPRO_DATA_DIR"] = str(Path(env["REPRO_DATA_DIR"]).resolve())
-    return subprocess.run([str(Path(bin_dir) / "dvc"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
-def smoke_project(tmp_path, packages=("shared",), **overrides):
-    """A DVC project in `tmp_path` with the repository's top-level files and `packages`, at smoke scale."""
-    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
-    for package in packages:
-        shutil.copytree(REPO / package, tmp_path / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "outputs", "results"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update(scale="smoke", **overrides)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert dvc(["init", "--no-scm", "-q"], tmp_path).returncode == 0
-    return tmp_path
-
-
-def test_prepare_stages_run_at_smoke_scale(tmp_path, data_root):
-    project = smoke_project(tmp_path)
+def test_prepare_stages_run_at_smoke_scale(smoke_project, dvc, data_root):
+    project = smoke_project()
     run = dvc(["repro"], project)
     assert run.returncode == 0, run.stdout + run.stderr
     x, y = data.load_prepared(project / "data/prepared/cifar10", "train")
@@ -62,16 +34,16 @@ def test_prepare_stages_run_at_smoke_scale(tmp_path, data_root):
     assert "up to date" in again.stdout, again.stdout
 
 
-def test_missing_data_fails_the_stage_naming_the_ways_and_writes_nothing(tmp_path):
-    project = smoke_project(tmp_path, data={"paths": {"cifar10": str(tmp_path / "nowhere")}})
+def test_missing_data_fails_the_stage_naming_the_ways_and_writes_nothing(tmp_path, smoke_project, dvc):
+    project = smoke_project(data={"paths": {"cifar10": str(tmp_path / "nowhere")}})
     run = dvc(["repro", "prepare@cifar10"], project)
     assert run.returncode != 0
     assert "nowhere" in run.stderr and "REPRO_DATA_DIR" in run.stderr
     assert not (project / "data/prepared/cifar10").exists()
 
 
-def test_bad_params_fail_naming_key_and_file(tmp_path):
-    project = smoke_project(tmp_path, prepare={"limit_per_clas": 3})
+def test_bad_params_fail_naming_key_and_file(smoke_project, dvc):
+    project = smoke_project(prepare={"limit_per_clas": 3})
     run = dvc(["repro", "prepare@mnist"], project)
     assert run.returncode != 0
     assert "params.yaml: unknown key 'prepare.limit_per_clas'" in run.stderr
