@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from shared.io import atomic_write_text
+from shared.provenance import git_commit, provenance
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCALES = ("smoke", "mini", "paper")
@@ -87,24 +88,6 @@ def _image_hwc(image: Any) -> np.ndarray:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ValueError(f"log_image expects HxW, HxWxC or CxHxW with C in 1/3/4, got {array.shape}")
     return array
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """HEAD of the repository this file is in, or None outside git / before the first commit."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
-
-
-def provenance() -> dict[str, str]:
-    """The command and commit that made a number (STYLE 8)."""
-    script = Path(sys.argv[0]).resolve()
-    script = script.relative_to(REPO_ROOT) if script.is_relative_to(REPO_ROOT) else Path(script.name)
-    return {"command": " ".join([script.as_posix(), *sys.argv[1:]]), "commit": git_commit() or "unknown"}
 
 
 # ---------------------------------------------------------------- loggers
