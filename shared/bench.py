@@ -27,12 +27,12 @@ from torchvision import transforms
 
 from shared.data import DeviceLoader
 from shared.device import pick_device, to_device
-from shared.losses import nt_xent
-from shared.models import resnet18, simclr_projector
+from shared.methods import build_method
+from shared.models import resnet18
 from shared.trainers.ssl import SSLConfig, make_optimizer, ssl_step
 from shared.views import SimCLRViewConfig, SimCLRViews
 
-# gan_simclr's recipe: colour-jitter strength 0.5, no blur (Halpin-Gregorio 2021, Sec. 5).
+# The GAN-augmented SimCLR recipe: colour-jitter strength 0.5, no blur (Halpin-Gregorio 2021, Sec. 5).
 VIEW_CFG = SimCLRViewConfig.from_strength(0.5, blur=False)
 
 
@@ -78,29 +78,28 @@ def bench_ssl(width: float, batch_size: int, steps: int, warmup: int, workers: i
     device = pick_device("auto")
     torch.manual_seed(seed)
     encoder = to_device(resnet18(width=width), device)
-    projector = to_device(simclr_projector(encoder.feature_dim, encoder.feature_dim, 64), device)
-    optimizer = make_optimizer(SSLConfig(), [*encoder.parameters(), *projector.parameters()])
+    method = to_device(build_method("simclr", encoder, projection_dim=64, temperature=0.5), device)
+    optimizer = make_optimizer(SSLConfig(), method.trainable_parameters())
     views = SimCLRViews(VIEW_CFG)
-    loss_fn = lambda a, b: nt_xent(a, b, 0.5)  # noqa: E731
     n_batches = warmup + steps
     images = np.random.default_rng(seed).integers(0, 256, (n_batches * batch_size, 3, 32, 32), dtype=np.uint8)
 
-    def step_with(view_fn):
-        return lambda x: ssl_step(encoder, projector, view_fn, loss_fn, x, optimizer, device)
+    def step(batch_views):
+        ssl_step(method, batch_views, optimizer, device)
 
     loader = DeviceLoader(torch.from_numpy(images), torch.zeros(len(images), dtype=torch.long),
                           batch_size=batch_size, shuffle=True, drop_last=True, device=device, seed=seed)
-    ready = [views(x) for x, _ in loader]
+    ready = [views(x, index) for x, _, index in loader]
     pil = DataLoader(PILPairs(images, VIEW_CFG), batch_size=batch_size, shuffle=True, drop_last=True,
                      num_workers=workers, persistent_workers=workers > 0)
     runs = {
         # model only: views made before the clock starts (the limit)
-        "model_only_ips": lambda: _timed(step_with(lambda pair: pair), ready, warmup),
+        "model_only_ips": lambda: _timed(step, ready, warmup),
         # the suite: device-resident uint8 batches, views on the fly
-        "suite_ips": lambda: _timed(step_with(views), (x for x, _ in loader), warmup),
+        "suite_ips": lambda: _timed(step, (views(x, index) for x, _, index in loader), warmup),
         # torchvision PIL transforms in DataLoader workers
-        "pil_pipeline_ips": lambda: _timed(step_with(lambda pair: [v.to(device, non_blocking=True) for v in pair]),
-                                           iter(pil), warmup),
+        "pil_pipeline_ips": lambda: _timed(step, ([v.to(device, non_blocking=True) for v in pair] for pair in pil),
+                                           warmup),
     }
     # Interleaved repeats, median of each: the three share the machine's state and noise equally.
     ips = {name: [] for name in runs}
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("what", choices=["ssl"])
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--width", type=float, default=0.25, help="ResNet-18 width multiplier (mini: 0.25)")
-    parser.add_argument("--batch-size", type=int, default=128, help="gan_simclr's batch size")
+    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: the GAN-augmented SimCLR recipe's 128)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")

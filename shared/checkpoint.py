@@ -1,6 +1,7 @@
 """Atomic, resumable checkpoints: model, optimiser, scheduler, step and every RNG."""
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -42,9 +43,13 @@ def seed_everything(seed: int) -> None:
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """``torch.save`` through a temp file in the same folder, fsync, then ``os.replace``.
 
-    A run killed mid-write leaves the previous checkpoint intact, never a truncated one.
+    A run killed mid-write leaves the previous checkpoint intact, never a truncated one. The state
+    is serialised into memory first: ``torch.save`` to a named file embeds the file's (random temp)
+    name, so two identical runs would write different bytes.
     """
-    atomic_write(path, lambda f: torch.save(state, f))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:

@@ -218,11 +218,14 @@ class SuiteConfig:
     scale: Literal["smoke", "mini", "paper"] = "mini"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # CPU threads every stage runs with (torch.set_num_threads), whatever the shell exports: results
+    # depend on it (float reductions split differently), so it is a parameter, recorded with them.
+    threads: int = 1
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
 
-SUITE_KEYS = ("scale", "seed", "device", "data", "tracking")
+SUITE_KEYS = ("scale", "seed", "device", "threads", "data", "tracking")
 STAGE_SECTIONS = ("prepare", "extractor", "scales")  # read by the stages of the top-level dvc.yaml
 
 

@@ -26,7 +26,6 @@ background = 0, so strokes are the bright, non-zero pixels models see.
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
 import itertools
@@ -36,7 +35,6 @@ import os
 import pickle
 import re
 import struct
-import sys
 import tarfile
 import zipfile
 import zlib
@@ -428,7 +426,7 @@ def prepare(name: str, out_dir, path=None, download_dir=None, limit_per_class: i
 def load_prepared(out_dir, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Read ``<out_dir>/<split>.npz`` written by :func:`prepare` as (x uint8, y int64)."""
     p = Path(out_dir) / f"{split}.npz"
-    how = (f"make it with `python -m shared.data prepare <dataset> --out {out_dir}` "
+    how = (f"make it with `python -m shared.prepare dataset <dataset> --out {out_dir}` "
            "or `dvc repro prepare@<dataset>`")
     if not p.is_file():
         raise DataNotFoundError(f"{p} does not exist: {how}")
@@ -475,7 +473,8 @@ def load_indices(path) -> np.ndarray:
     """The int64 indices written by :func:`save_indices`."""
     path = Path(path)
     if not path.is_file():
-        raise DataNotFoundError(f"{path} does not exist: make it with `python -m shared.data subset ... --out {path}`")
+        raise DataNotFoundError(f"{path} does not exist: make it with `python -m shared.prepare subset <name> "
+                                f"--prepared <prepared dataset> --out {path}` or `dvc repro subset@<name>`")
     try:
         indices = (np.asarray(json.loads(path.read_text())["indices"], np.int64) if path.suffix == ".json"
                    else np.load(path, allow_pickle=False))
@@ -490,6 +489,9 @@ def load_indices(path) -> np.ndarray:
 
 class DeviceLoader:
     """The whole dataset as a uint8 tensor on ``device``, served in index-gathered batches.
+
+    A batch is ``(x, y, index)``: uint8 images, int64 labels and the int64 rows of ``x`` they
+    came from (on ``device``), so a view source can look up per-sample precomputed views.
 
     Epoch ``e`` is shuffled by a CPU ``torch.Generator`` seeded with ``seed + e`` (CPU so the
     order does not depend on the device), so a run resumed at epoch e sees exactly the
@@ -542,47 +544,4 @@ class DeviceLoader:
         order = order.to(self.device)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
-
-
-# ---------------------------------------------------------------- command line
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.data", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="write <out>/<split>.npz and meta.json for a dataset",
-                       description="Resolve a dataset (--path, then $REPRO_DATA_DIR, then torchvision's "
-                                   "download) and write uint8 arrays for every split.")
-    p.add_argument("name", choices=sorted(_SPECS))
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--path", help="the dataset's file, folder, tar or data root (data.paths.<name>)")
-    p.add_argument("--download-dir", help=f"torchvision download folder (default {DEFAULT_DOWNLOAD_DIR})")
-    p.add_argument("--limit-per-class", type=int, help="keep the first K images of each class (smoke scale)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    s = sub.add_parser("subset", help="write a seeded stratified subset of a prepared split",
-                       description="Choose exactly --per-class indices of every class with a seeded RNG.")
-    s.add_argument("--prepared", required=True, help="a folder written by `prepare`")
-    s.add_argument("--split", default="train")
-    s.add_argument("--per-class", type=int, required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True, help="index file, .npy (meta in <out>.json) or .json")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "prepare":
-            meta = prepare(args.name, args.out, args.path, args.download_dir, args.limit_per_class,
-                           progress=not args.no_progress)
-            print(json.dumps({s: m["x_shape"] for s, m in meta["splits"].items()}), "->", args.out)
-        else:
-            _, y = load_prepared(args.prepared, args.split)
-            idx = stratified_subset(y, args.per_class, args.seed)
-            save_indices(args.out, idx, {"prepared": str(args.prepared), "split": args.split,
-                                         "per_class": args.per_class, "seed": args.seed, "count": len(idx)})
-            print(f"{len(idx)} indices -> {args.out}")
-    except (DataNotFoundError, CorruptDataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            yield self.x.index_select(0, idx), self.y.index_select(0, idx), idx

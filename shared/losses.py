@@ -1,4 +1,4 @@
-"""Self-supervised losses as pure functions of the two views' embeddings.
+"""Self-supervised losses as pure functions of the views' embeddings.
 
 Sizes come from the tensors; nothing is fixed at construction. Half-precision
 inputs (autocast) are promoted to float32 before the similarity / covariance
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["nt_xent", "vicreg"]
+__all__ = ["byol_loss", "infonce_with_queue", "nt_xent", "vicreg"]
 
 
 def _at_least_fp32(z: torch.Tensor) -> torch.Tensor:
@@ -119,3 +119,59 @@ def vicreg(
     if return_parts:
         return loss, {"repr": repr_loss, "std": std_loss, "cov": cov_loss}
     return loss
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's regression loss (Grill et al. 2020, Eq. 2), one direction, mean over the batch.
+
+        L(p, z) = 1/N sum_n || p_n/|p_n| - z_n/|z_n| ||^2 = 1/N sum_n (2 - 2 cos(p_n, z_n))
+
+    with p = q_theta(z_theta) the online prediction and z = z'_xi the target projection of
+    the other view. The stop-gradient on z is the caller's (the target network runs under
+    ``torch.no_grad``); BYOL's symmetric loss is ``byol_loss(p1, z2) + byol_loss(p2, z1)``.
+
+    Args:
+        p: (N, D) online predictions.
+        z: (N, D) target projections of the other view.
+
+    Returns:
+        Scalar loss in [0, 4].
+    """
+    _assert_pair(p, z, "byol_loss")
+    p = F.normalize(_at_least_fp32(p), dim=1)
+    z = F.normalize(_at_least_fp32(z), dim=1)
+    return (2 - 2 * (p * z).sum(dim=1)).mean()
+
+
+def infonce_with_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """MoCo's InfoNCE loss (He et al. 2020, Eq. 1) with the queue as the negatives.
+
+        L_q = -log( exp(q.k+ / tau) / (exp(q.k+ / tau) + sum_{k- in queue} exp(q.k- / tau)) )
+
+    averaged over the N queries: each query q_n has its own key k_n as positive (logit
+    index 0, as in the official code) and the K queued keys as negatives. The inputs are
+    used as given: the MoCo code L2-normalises q and k before this loss and queues
+    normalised keys. Gradients flow into ``q`` only if the caller computed ``k`` without
+    them (MoCo's key encoder runs under ``torch.no_grad``); the queue is never
+    differentiated through (it is detached here, as in the official code).
+
+    Args:
+        q: (N, D) queries.
+        k: (N, D) positive keys, row n for query n.
+        queue: (K, D) negative keys, one per row (the official code stores its transpose).
+        temperature: tau (0.07 in MoCo v1, 0.2 in MoCo v2).
+
+    Returns:
+        Scalar loss.
+    """
+    assert q.ndim == 2 and q.shape == k.shape, \
+        f"infonce_with_queue: q and k must both be (N, D), got {tuple(q.shape)} and {tuple(k.shape)}"
+    assert queue.ndim == 2 and queue.shape[1] == q.shape[1], \
+        f"infonce_with_queue: queue must be (K, {q.shape[1]}), got {tuple(queue.shape)}"
+    assert temperature > 0, f"infonce_with_queue: temperature must be > 0, got {temperature}"
+    q, k = _at_least_fp32(q), _at_least_fp32(k)
+    positive = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
+    negatives = q @ _at_least_fp32(queue.detach()).to(q.dtype).T  # (N, K)
+    logits = torch.cat([positive, negatives], dim=1) / temperature
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, labels)

@@ -1,8 +1,10 @@
 """Real + fake (generated) images as one pre-training data source, batched on the device.
 
 :class:`MixedLoader` has :class:`shared.data.DeviceLoader`'s interface (``set_epoch``, ``__len__``,
-iteration) but yields ``(x_uint8, source)`` with ``source`` int64, 0 = real and 1 = fake, so an SSL
-trainer that reads ``for x, _ in loader`` runs on it unchanged and a stage can count what it saw.
+iteration) and yields ``(x_uint8, source, index)``: ``source`` int64, 0 = real and 1 = fake, where
+DeviceLoader has the label, so the SSL trainer runs on it unchanged and a stage can count what it
+saw; ``index`` int64, each image's row in the pool of real then fake images (``MixedLoader.x``:
+rows below ``n_real`` are real), so a view source can look up per-image precomputed views.
 
 Two samplers:
 
@@ -52,7 +54,9 @@ def balanced_sources(n_real: int, n_fake: int, generator: torch.Generator) -> to
 
 
 class MixedLoader:
-    """Real and fake uint8 images on ``device``, served in batches of ``(x, source)``.
+    """Real and fake uint8 images on ``device``, served in batches of ``(x, source, index)``.
+
+    ``index`` is the row of ``self.x``, the real images followed by the fake ones.
 
     Args:
         real: uint8 (Nr, C, H, W), Nr >= 1.
@@ -121,4 +125,5 @@ class MixedLoader:
         rows, source = rows.to(self.device), source.to(self.device)
         b = self.batch_size
         for i in range(len(self)):
-            yield self.x.index_select(0, rows[i * b:(i + 1) * b]), source[i * b:(i + 1) * b]
+            index = rows[i * b:(i + 1) * b]
+            yield self.x.index_select(0, index), source[i * b:(i + 1) * b], index

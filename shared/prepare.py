@@ -20,7 +20,7 @@ from shared.cli import run_stage
 class SubsetSpec:
     dataset: str = "cifar10"
     split: str = "train"
-    per_class: int = 500  # gan_simclr: 5k CIFAR-10 images, 500 per class
+    per_class: int = 500  # the default subset: 5k CIFAR-10 train images, 500 per class
     seed: int = 0
 
 
@@ -58,7 +58,8 @@ def make_subset(name: str, params: Path, prepared: Path, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m shared.prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["dataset", "subset"])
     parser.add_argument("name", help="dataset (cifar10, mnist, omniglot) or subset name from prepare.subsets")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))

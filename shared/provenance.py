@@ -32,18 +32,23 @@ def git_commit() -> str | None:
     return out.strip() or None if out is not None else None
 
 
+# What a pipeline itself rewrites while it runs: DVC's lock files and the reports' results. Changes
+# there do not change what made a number, so they do not make the tree dirty.
+NOT_SOURCE = (":(exclude,glob)**/dvc.lock", ":(exclude,glob)dvc.lock", ":(exclude,glob)papers/*/results/**")
+
+
 def tree_state() -> dict[str, object]:
     """``{"dirty": bool | None, "diff_sha256": str | None}`` for the working tree now.
 
-    Ignored files (outputs, data, the MLflow store) do not count; untracked ones do. ``dirty`` is
-    None outside git.
+    Ignored files (outputs, data, the MLflow store) and :data:`NOT_SOURCE` do not count; untracked
+    files do. ``dirty`` is None outside git.
     """
-    status = _git("status", "--porcelain", "--untracked-files=all")
+    status = _git("status", "--porcelain", "--untracked-files=all", "--", ".", *NOT_SOURCE)
     if status is None:
         return {"dirty": None, "diff_sha256": None}
     if not status.strip():
         return {"dirty": False, "diff_sha256": None}
-    digest = hashlib.sha256((_git("diff", "HEAD", "--binary") or "").encode())
+    digest = hashlib.sha256((_git("diff", "HEAD", "--binary", "--", ".", *NOT_SOURCE) or "").encode())
     for line in sorted(status.splitlines()):
         if line.startswith("??"):
             path = REPO_ROOT / line[3:]

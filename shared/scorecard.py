@@ -26,12 +26,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from shared.claims import VERDICTS
+from shared.comparison import RESULTS, SchemaError, display_path, format_number, results_dirs
+from shared.config import REPO_ROOT, SCALES
 from shared.io import atomic_write_text
-from shared.tracking import (_fmt, RESULTS, REPO_ROOT, SCALES, SchemaError, display_path,
-                             results_dirs)
 
 START, END = "<!-- scorecard:start -->", "<!-- scorecard:end -->"
-VERDICTS = ("holds", "does not hold", "inconclusive")
 COMMAND = "python -m shared.scorecard --write README.md"
 COLUMNS = ("paper", "claim", "reported", "reproduced (scale, seeds)", "verdict", "rule")
 
@@ -88,13 +88,13 @@ def _value(entry: Any) -> tuple[str, int | None]:
     if entry is None:
         return "not run", None
     if isinstance(entry, (int, float)) and not isinstance(entry, bool):
-        return _fmt(entry), None
+        return format_number(entry), None
     if isinstance(entry, dict) and "mean" in entry:
         if entry["mean"] is None:
             return "not run", None
-        text = _fmt(entry["mean"])
+        text = format_number(entry["mean"])
         if entry.get("std") is not None:
-            text += f" ± {_fmt(entry['std'])}"
+            text += f" ± {format_number(entry['std'])}"
         return text, entry.get("n")
     return str(entry), None
 
@@ -158,7 +158,7 @@ def scorecard(claims_files: Iterable[str | Path], root: str | Path | None = None
 
 
 def claims_files(patterns: Iterable[str] = RESULTS, root: str | Path | None = None) -> list[Path]:
-    """Every `<results>/<scale>/claims.json` (see shared.tracking.results_dirs), papers in name
+    """Every `<results>/<scale>/claims.json` (see shared.comparison.results_dirs), papers in name
     order, scales smoke, mini, paper."""
     return [d / "claims.json" for d in results_dirs(patterns, root) if (d / "claims.json").is_file()]
 

@@ -176,6 +176,14 @@ def random_resized_crop(x: Tensor, scale: tuple[float, float], ratio: tuple[floa
     return out.clamp(0, 1)  # bilinear weights can round 1 ulp outside [0, 1]
 
 
+def random_horizontal_flip(x: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """Mirror each sample left-right with probability `p`; exact (no resampling), unlike a crop with flip."""
+    _check_images(x)
+    _check_range("p", p, 0.0, 1.0)
+    hit = _coin(x.shape[0], p, x, generator).view(-1, 1, 1, 1)
+    return torch.where(hit, x.flip(-1), x)
+
+
 # ---------------------------------------------------------------- colour
 
 def _grayscale(x: Tensor) -> Tensor:
@@ -345,7 +353,11 @@ class SimCLRViews:
         self.cfg = cfg
         self.n_views = n_views
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+    def __call__(self, x: Tensor, index: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> list[Tensor]:
+        """The views of batch ``x``; ``index`` (the samples' dataset rows, the view-source protocol) is unused."""
+        if isinstance(index, torch.Generator):  # the older call form views(x, generator)
+            index, generator = None, index
         if x.dtype == torch.uint8:
             x = x.float() / 255
         # All views in one batch: the draws are per sample anyway, and one call halves the overhead.

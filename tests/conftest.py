@@ -3,6 +3,7 @@
 Test modules never import each other (pytest runs with ``--import-mode=importlib``): what several
 modules need lives here as a fixture.
 """
+import ast
 import os
 import shutil
 import subprocess
@@ -62,6 +63,85 @@ def tiny_net():
     return _tiny_net
 
 
+# ---- SSL methods at toy size
+
+# Head sizes of each registered method for a width-1/16 ResNet-18 (16 features).
+TINY_METHOD_CFG = {
+    "simclr": {"projection_dim": 8, "hidden_dim": 16},
+    "vicreg": {"mlp": "32-32"},
+    "byol": {"projector_hidden_size": 32, "projector_output_size": 8, "predictor_hidden_size": 32},
+    "mocov2": {"dim": 8, "queue_size": 20, "hidden_dim": 16},
+}
+
+
+def _tiny_method(name, seed=0, **cfg):
+    """A registered method around a width-1/16 ResNet-18, encoder built first after seeding."""
+    from shared.methods import build_method
+    from shared.models import resnet18
+
+    torch.manual_seed(seed)
+    return build_method(name, resnet18(width=1 / 16), **{**TINY_METHOD_CFG[name], **cfg})
+
+
+@pytest.fixture
+def tiny_method():
+    """``tiny_method(name, seed=0, **cfg) -> SSLMethod`` with toy head sizes (``cfg`` overrides them)."""
+    return _tiny_method
+
+
+class _Stop(RuntimeError):
+    """Raised by ``train_tiny``'s on_eval to interrupt a run, as a kill would."""
+
+
+def _train_tiny(name, out_dir, *, seed=0, init_seed=None, stop_after=None, epochs=3, **cfg):
+    """Pre-train a tiny method with the real trainer, loader and views; return (method, result).
+
+    32 toy images in batches of 8 (4 steps per epoch), SimCLR views (global RNG), LARS with
+    warm-up and cosine, evaluation and checkpoint every epoch. ``stop_after=e`` raises a
+    RuntimeError "stopped after epoch e" once epoch e is trained and evaluated, before its
+    checkpoint is written, so a rerun on ``out_dir`` resumes from the end of epoch e - 1.
+    ``seed`` orders the loader; ``init_seed`` (default: ``seed``) seeds the initialisation and
+    the global RNG, so a resumed run given another one shows that its state came from the checkpoint.
+    """
+    from shared import checkpoint
+    from shared.data import DeviceLoader
+    from shared.tracking import NullLogger
+    from shared.trainers.ssl import SSLConfig, train_ssl
+    from shared.views import SimCLRViewConfig, SimCLRViews
+
+    init_seed = seed if init_seed is None else init_seed
+    checkpoint.seed_everything(init_seed)
+    method = _tiny_method(name, init_seed, **cfg)
+    x, y = _toy_images(32)
+    probe = x[:4].float() / 255
+
+    def evaluate(encoder):
+        encoder.eval()  # the trainer must put the method back in training mode
+        with torch.no_grad():
+            return {"feature_mean": encoder(probe).mean().item()}
+
+    def on_eval(epoch, metrics):
+        if epoch == stop_after:
+            raise _Stop(f"stopped after epoch {epoch}")
+
+    cfg_ = SSLConfig(epochs=epochs, batch_size=8, optimizer="lars", lr=0.1, schedule="cosine", warmup_epochs=1,
+                     eval_every=1, log_every=1)
+    result = train_ssl(cfg_, method, SimCLRViews(SimCLRViewConfig.from_strength(0.5, blur=False)),
+                       DeviceLoader(x, y, batch_size=8, drop_last=True, seed=seed), out_dir=out_dir,
+                       logger=NullLogger(), device=torch.device("cpu"), evaluate=evaluate, on_eval=on_eval,
+                       progress=False)
+    return method, result
+
+
+@pytest.fixture
+def train_tiny():
+    """``train_tiny(name, out_dir, *, seed=0, init_seed=None, stop_after=None, epochs=3, **cfg)``.
+
+    Returns ``(method, SSLResult)``.
+    """
+    return _train_tiny
+
+
 # ---- DVC projects at smoke scale
 
 def run_dvc(args, cwd, timeout=600):
@@ -98,3 +178,85 @@ def smoke_project(tmp_path):
         assert run_dvc(["init", "--no-scm", "-q"], tmp_path).returncode == 0
         return tmp_path
     return make
+
+
+# ---- the project's import graph, read from the source (no module is imported)
+
+class ImportGraph:
+    """The project modules under ``root`` (top-level packages ``packages``) and what each imports.
+
+    Every ``import`` / ``from ... import`` in a file counts, at module level or inside a function
+    (a lazy import runs too), relative ones resolved; ``from X import a`` is an import of the module
+    ``X.a`` when there is one, else of ``X``. Modules outside ``packages`` (the standard library,
+    torch, ...) are left out. Module names are dotted (``shared.tracking`` is
+    ``shared/tracking/__init__.py``, ``shared.tracking.__main__`` its command line).
+    """
+
+    def __init__(self, root: Path, packages=("shared", "papers")):
+        self.root, self.packages = Path(root), tuple(packages)
+        self._imports: dict[str, set[str]] = {}
+
+    def file(self, module: str) -> Path | None:
+        """The file of a project module (``a/b.py`` or ``a/b/__init__.py``), None if it has none."""
+        if module.split(".")[0] not in self.packages:
+            return None
+        base = self.root.joinpath(*module.split("."))
+        for path in (base.with_name(base.name + ".py"), base / "__init__.py"):
+            if path.is_file():
+                return path
+        return None
+
+    def module(self, path: Path) -> str:
+        parts = list(Path(path).resolve().relative_to(self.root.resolve()).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    def modules(self, package: str) -> list[str]:
+        """Every module of ``package`` (its files, sub-packages included), sorted."""
+        return sorted(self.module(p) for p in (self.root / package).rglob("*.py"))
+
+    def trivial(self, module: str) -> bool:
+        """A package ``__init__`` holding nothing but a docstring: importing it changes nothing."""
+        path = self.file(module)
+        body = ast.parse(path.read_text()).body if path is not None and path.name == "__init__.py" else None
+        return body is not None and all(isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                                        for s in body)
+
+    def imports(self, module: str) -> set[str]:
+        """The project modules ``module`` imports directly."""
+        if module not in self._imports:
+            path = self.file(module)
+            is_package = path is not None and path.name == "__init__.py"
+            found: set[str] = set()
+            for node in ast.walk(ast.parse(path.read_text(), str(path))) if path else ():
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:  # relative: from the module's package, up level - 1 more
+                        package = module.split(".") if is_package else module.split(".")[:-1]
+                        package = package[:len(package) - (node.level - 1)]
+                        base = ".".join(package + ([base] if base else []))
+                    names = [f"{base}.{a.name}" if self.file(f"{base}.{a.name}") else base for a in node.names]
+                else:
+                    continue
+                found.update(n for n in names if self.file(n) is not None)
+            self._imports[module] = found - {module}
+        return self._imports[module]
+
+    def closure(self, module: str) -> set[str]:
+        """``module`` and every project module that running it imports, parent packages included."""
+        seen, todo = set(), [module]
+        while todo:
+            m = todo.pop()
+            parents = [".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)]
+            for name in [m, *parents]:
+                if name not in seen and self.file(name) is not None:
+                    seen.add(name)
+                    todo.extend(self.imports(name))
+        return seen
+
+
+@pytest.fixture(scope="session")
+def import_graph() -> ImportGraph:
+    """The repository's :class:`ImportGraph` (``shared`` and ``papers``)."""
+    return ImportGraph(REPO_ROOT)

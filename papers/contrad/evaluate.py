@@ -11,13 +11,12 @@ heads are trained on them with different seeds (plain SGD 0.1, 100 epochs, x0.1 
 60/75/90); the cell is their mean test accuracy, with the spread over repeats kept.
 Writes `<out>/table1_fid.json` and `<out>/table1_is.json` (each with the evaluation
 history) and/or `<out>/table3.json` in the suite's metrics-file format (paper, table, row, scale, seed, metrics) and `<out>/samples.png`
-(G's last sample grid), or `<out>/skipped.json` for a run the scale does not make.
+(G's last sample grid), or the skip marker `<out>/skipped.json` for a run the scale does not make.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -27,11 +26,12 @@ import torch
 from torch import Tensor, nn
 
 from papers.contrad.config import PARAMS, EvaluateConfig, TrainStageConfig
-from papers.contrad.train import CONTRASTIVE, build_models
-from shared import checkpoint, config, data, tracking
+from papers.contrad.models import CONTRASTIVE, build_models
+from shared import checkpoint, config, data, records
 from shared.cli import run_stage, stage_parser
-from shared.device import pick_device, to_device
-from shared.io import atomic_write, atomic_write_text
+from shared.device import to_device
+from shared.io import atomic_write
+from shared.stage import start
 from shared.trainers.linear_eval import extract_features, train_linear
 
 
@@ -82,38 +82,31 @@ def linear_eval_of_d(D: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Ten
             "feature_dim": train_f.shape[1], "train_images": len(train_y), "test_images": len(test_y)}
 
 
-def _metrics_file(table: str, row: str, scale: str, seed: int, values: dict, **extra) -> dict:
-    return {"paper": "contrad", "table": table, "row": row, "scale": scale, "seed": seed, "metrics": values,
-            **extra, **tracking.provenance()}
-
-
 def run(args: argparse.Namespace) -> dict:
-    suite = config.load_suite(args.suite_params)
-    train_cfg = config.load_section(TrainStageConfig, args.params, "train", suite.scale)
-    cfg = config.load_section(EvaluateConfig, args.params, "evaluate", suite.scale)
-    run_dir, out = Path(args.run), Path(args.out)
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
-        raise FileNotFoundError(f"{metrics_path}: no trained run; run the train stage first")
-    trained = json.loads(metrics_path.read_text())
-    if "skipped" in trained:
-        atomic_write_text(out / "skipped.json", json.dumps({"skipped": trained["skipped"]}) + "\n")
-        return {}
-    if trained["scale"] != suite.scale:
-        raise ValueError(f"{metrics_path} is from scale {trained['scale']!r}, evaluating at {suite.scale!r}")
-    arch, method, seed = trained["architecture"], trained["method"], trained["seed"]
+    stage = start("contrad", "evaluate", suite_params=args.suite_params, out=args.out)
+    train_cfg = stage.section(TrainStageConfig, args.params, "train")
+    cfg = stage.section(EvaluateConfig, args.params, "evaluate")
+    run_dir = Path(args.run)
+    trained = records.read(run_dir / "metrics.json")
+    stage.trial = trained.seed
+    if trained.is_skip:
+        return stage.skip(trained.skipped, "skipped.json")
+    if trained.scale != stage.scale:
+        raise ValueError(f"{run_dir / 'metrics.json'} is from scale {trained.scale!r}, evaluating at {stage.scale!r}")
+    t = trained.extra
+    arch, method, seed = t["architecture"], t["method"], trained.seed
     row, written = row_id(arch, method), {}
 
     if method != "simclr":  # a GAN: its FID and IS at the best-FID evaluation, one file per reported table
-        cell = table1_cell(trained)
-        common = dict(fid_label=trained["fid_label"], best_step=trained["best"]["step"],
-                      fid_samples=trained["fid_samples"], steps=trained["steps"], kimg=trained["kimg"])
+        cell = table1_cell(t)
+        common = dict(fid_label=t["fid_label"], best_step=t["best"]["step"],
+                      fid_samples=t["fid_samples"], steps=t["steps"], kimg=t["kimg"])
         for name in ("fid", "is"):
             values = {k: v for k, v in cell.items() if k.startswith(f"{name}_")}
-            written[f"table1_{name}.json"] = _metrics_file(f"table1_{name}", row, suite.scale, seed, values,
-                                                           **common, history=trained["history"])
+            written[f"table1_{name}.json"] = stage.record(values, table=f"table1_{name}", row=row, **common,
+                                                          history=t["history"])
     if method in CONTRASTIVE:  # Table 3: the linear evaluation of D
-        device = pick_device(suite.device)
+        device = stage.device
         state = checkpoint.load(run_dir / "discriminator.pt", map_location=device)
         if state is None:
             raise FileNotFoundError(f"{run_dir / 'discriminator.pt'}: the trained D is missing")
@@ -124,15 +117,15 @@ def run(args: argparse.Namespace) -> dict:
         tx, ty = data.load_prepared(args.prepared, "test")
         result = linear_eval_of_d(D, _limited(x, y, cfg.train_limit), _limited(tx, ty, cfg.test_limit), cfg, device)
         acc = result.pop("linear_eval_acc")
-        written["table3.json"] = _metrics_file("table3", row, suite.scale, seed, {"linear_eval_acc": acc},
-                                               linear_eval=result, protocol=config.to_dict(cfg))
-        print(f"evaluate {row} seed {seed}: linear eval {acc:.2f}% over {cfg.repeats} heads ({suite.scale})")
-    for name, doc in written.items():
-        atomic_write_text(out / name, json.dumps(doc, indent=2) + "\n")
+        written["table3.json"] = stage.record({"linear_eval_acc": acc}, table="table3", row=row,
+                                              linear_eval=result, protocol=config.to_dict(cfg))
+        print(f"evaluate {row} seed {seed}: linear eval {acc:.2f}% over {cfg.repeats} heads ({stage.scale})")
+    for name, record in written.items():
+        stage.write(record, name)
     grids = sorted((run_dir / "samples").glob("step_*.png"))
     if method != "simclr" and grids:  # the last grid, for the report's sample figure
-        atomic_write(out / "samples.png", lambda f: f.write(grids[-1].read_bytes()))
-    return written
+        atomic_write(stage.out / "samples.png", lambda f: f.write(grids[-1].read_bytes()))
+    return {name: record.to_dict() for name, record in written.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

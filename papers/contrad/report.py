@@ -16,19 +16,16 @@ With --log each table becomes an MLflow comparison run (reported/…, reproduced
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from shared.claims import STD_NOTE, is_best
-from shared.cli import run_stage
-from shared.config import SCALES
-from shared.io import atomic_write, atomic_write_text
-from shared.tracking import Comparison, compare, load_reported, log_comparison, provenance
+from shared import records
+from shared.claims import is_best
+from shared.comparison import Comparison, compare, load_reported
+from shared.report import Report, figure, not_run, report_parser, run_report
 
 PAPER = "contrad"
 GAN_METHODS = {"baseline": "baseline (no augmentation)", "diffaugment": "DiffAugment (translation, cutout)",
@@ -36,17 +33,13 @@ GAN_METHODS = {"baseline": "baseline (no augmentation)", "diffaugment": "DiffAug
 FID_CLAIM_METHODS = ("baseline", "diffaugment", "contrad")
 
 
-def _json(obj) -> str:
-    return json.dumps(obj, indent=2, default=str) + "\n"
-
-
 def eval_files(eval_dir: Path, name: str) -> list[Path]:
-    return sorted(Path(eval_dir).glob(f"*/{name}"))
+    return records.find(eval_dir, name)
 
 
 def detector_kind(files: list[Path]) -> str | None:
     """'inception' or 'indomain', from the FID key the evaluate stage wrote; None if nothing ran."""
-    kinds = {k.removeprefix("fid_") for f in files for k in json.loads(f.read_text())["metrics"]}
+    kinds = {k.removeprefix("fid_") for f in files for k in records.read(f).metrics}
     if len(kinds) > 1:
         raise ValueError(f"FID files mix detectors {sorted(kinds)}: never compare across feature spaces")
     return kinds.pop() if kinds else None
@@ -85,30 +78,17 @@ def claims(fid: Comparison, table3: Comparison, reported: dict) -> list[dict]:
 
 # ---------------------------------------------------------------- figures
 
-def _figure(ncols: int, width: float = 5.5, height: float = 4.2):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display, no pyplot state
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, ncols, squeeze=False)[0]
-
-
-def _save_png(fig, path: Path) -> None:
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-
-
-def fid_over_training(files: list[Path], scale: str, path: Path) -> None:
+def fid_over_training(files: list[Path], scale: str):
     """FID against training steps per (architecture, method): mean over seeds, min-max band."""
     runs: dict[tuple[str, str], list[dict]] = {}
     key = None
     for f in files:
-        doc = json.loads(f.read_text())
-        arch, method = doc["row"].rsplit("_", 2)[:2]
-        key = next(k for k in doc["metrics"] if k.startswith("fid_"))
-        runs.setdefault((arch, method), []).append({h["step"]: h[key] for h in doc["history"]})
+        record = records.read(f)
+        arch, method = record.row.rsplit("_", 2)[:2]
+        key = next(k for k in record.metrics if k.startswith("fid_"))
+        runs.setdefault((arch, method), []).append({h["step"]: h[key] for h in record.extra["history"]})
     archs = sorted({a for a, _ in runs}) or ["sndcgan"]
-    fig, axes = _figure(len(archs))
+    fig, axes = figure(len(archs))
     for ax, arch in zip(axes, archs):
         for method, label in GAN_METHODS.items():
             curves = runs.get((arch, method))
@@ -121,28 +101,27 @@ def fid_over_training(files: list[Path], scale: str, path: Path) -> None:
                 ax.fill_between(steps, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
         ax.set(title=f"D: {arch}, scale {scale}", xlabel="G steps", ylabel=key or "FID")
         ax.grid(alpha=0.3)
-        ax.legend() if ax.lines else ax.text(0.5, 0.5, "not run", ha="center", transform=ax.transAxes)
-    _save_png(fig, path)
+        ax.legend() if ax.lines else not_run(ax)
+    return fig
 
 
-def sample_figure(eval_dir: Path, scale: str, path: Path) -> None:
+def sample_figure(eval_dir: Path, scale: str):
     """The last sample grid of each GAN method's seed-0 run, side by side."""
     panels = [(f"{d.name.removesuffix('_seed0')}", d / "samples.png")
               for d in sorted(Path(eval_dir).glob("*_seed0")) if (d / "samples.png").is_file()]
-    fig, axes = _figure(max(len(panels), 1), width=4.0, height=4.3)
+    fig, axes = figure(max(len(panels), 1), width=4.0, height=4.3)
     for ax, (title, png) in zip(axes, panels):
         ax.imshow(np.asarray(Image.open(png)))
         ax.set_title(f"{title} ({scale})")
         ax.axis("off")
     if not panels:
-        axes[0].text(0.5, 0.5, "no samples", ha="center")
-    _save_png(fig, path)
+        not_run(axes[0], "no samples")
+    return fig
 
 
 # ---------------------------------------------------------------- the report
 
-def make_report(reported: Path, eval_dir: Path, scale: str, out: Path, log: bool = False,
-                tracking_uri: str | None = None) -> dict:
+def make_report(reported: Path, eval_dir: Path, scale: str, out: Path, allow_dirty: bool = False) -> Report:
     out = Path(out)
     doc = load_reported(reported)
     fid_files = eval_files(eval_dir, "table1_fid.json")
@@ -156,40 +135,18 @@ def make_report(reported: Path, eval_dir: Path, scale: str, out: Path, log: bool
     comparisons["table3"] = compare(reported, eval_files(eval_dir, "table3.json"), "table3", scale, out)
 
     verdicts = claims(comparisons["table1_fid"], comparisons["table3"], doc)
-    prov = provenance()
-    paths = {name: out / name for name in ("fid_over_training.png", "samples.png", "claims.json")}
-    fid_over_training(fid_files, scale, paths["fid_over_training.png"])
-    sample_figure(eval_dir, scale, paths["samples.png"])
-    atomic_write_text(paths["claims.json"], _json({
-        "paper": PAPER, "scale": scale, "std": STD_NOTE, "fid": kind,
-        "note": "single seed (std unknown) -> inconclusive; the rules are this suite's, not the paper's; "
-                "an in-domain FID ranks methods but is not the paper's Inception FID",
-        "claims": verdicts, "verdicts": {c["id"]: c["verdict"] for c in verdicts}, **prov}))
-    run_ids = {}
-    if log:
-        for table, c in comparisons.items():
-            run_ids[table] = log_comparison(c, tracking_uri, extra_artifacts=list(paths.values()))
-    return {"comparisons": comparisons, "claims": verdicts, "paths": paths, "run_ids": run_ids}
+    report = Report(PAPER, scale, out, comparisons, verdicts, allow_dirty=allow_dirty)
+    report.save_figure("fid_over_training.png", fid_over_training(fid_files, scale))
+    report.save_figure("samples.png", sample_figure(eval_dir, scale))
+    report.write_claims("single seed (std unknown) -> inconclusive; the rules are this suite's, not the paper's; "
+                        "an in-domain FID ranks methods but is not the paper's Inception FID", fid=kind)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m papers.contrad.report", description=__doc__.split("\n")[0])
-    parser.add_argument("--reported", type=Path, default=Path(__file__).with_name("reported.yaml"))
+    parser = report_parser(PAPER, __doc__)
     parser.add_argument("--eval-dir", type=Path, required=True, help="the evaluate stage's outputs")
-    parser.add_argument("--scale", required=True, choices=SCALES)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--log", action="store_true", help="log the comparison runs to MLflow")
-    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or <repo>/mlflow")
-    args = parser.parse_args(argv)
-
-    def run() -> None:
-        report = make_report(args.reported, args.eval_dir, args.scale, args.out, args.log, args.tracking_uri)
-        for c in report["comparisons"].values():
-            print(c.md_path.read_text())
-        for c in report["claims"]:
-            print(f"claim ({c['id']}) {c['claim']}: {c['verdict']} ({c['reason']})")
-
-    return run_stage(run)  # SchemaError is a ValueError
+    return run_report(parser, lambda a: make_report(a.reported, a.eval_dir, a.scale, a.out, a.allow_dirty), argv)
 
 
 if __name__ == "__main__":

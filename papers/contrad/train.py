@@ -16,26 +16,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from papers.contrad.config import ARCHITECTURES, METHODS, PARAMS, TrainStageConfig
-from papers.contrad.method import ContraDDiscriminator, contrad, simclr_only
-from shared import checkpoint, config, data, metrics, tracking
+from papers.contrad.method import contrad, simclr_only
+from papers.contrad.models import build_models
+from shared import checkpoint, config, data, metrics
 from shared.cli import run_stage, stage_parser
-from shared.device import pick_device, to_device
+from shared.device import to_device
 from shared.gan_losses import GANMethod, nonsaturating
-from shared.io import atomic_write_text
-from shared.models.sngan import sngan
+from shared.stage import start
 from shared.trainers.gan import fid_evaluate, train_gan
-
-CONTRASTIVE = ("contrad", "simclr")  # methods whose D carries ContraD's three heads
-
 
 def build_method(name: str, cfg: TrainStageConfig) -> GANMethod:
     if name == "baseline":
@@ -49,17 +44,6 @@ def build_method(name: str, cfg: TrainStageConfig) -> GANMethod:
     raise ValueError(f"unknown method {name!r}; allowed: {list(METHODS)}")
 
 
-def build_models(architecture: str, method: str, cfg: TrainStageConfig) -> tuple[nn.Module, nn.Module]:
-    """G (SNDCGAN) and D (`architecture`); the contrastive methods wrap D with ContraD's heads."""
-    arch = cfg.architectures[architecture]
-    contrastive = method in CONTRASTIVE
-    G, D = sngan(architecture, width=arch.width, z_dim=arch.z_dim, linear_head=not contrastive)
-    if contrastive:  # the official SNDCGAN heads start at N(0, 0.02); SNResNet-18's keep PyTorch's init
-        D = ContraDDiscriminator(D, score_hidden=arch.score_hidden,
-                                 init_std=0.02 if architecture == "sndcgan" else None)
-    return G, D
-
-
 def skipped_reason(cfg: TrainStageConfig, architecture: str, method: str, seed: int, scale: str) -> str | None:
     if architecture not in cfg.run_architectures:
         return f"architecture {architecture} is not run at scale {scale} (run_architectures={cfg.run_architectures})"
@@ -71,20 +55,15 @@ def skipped_reason(cfg: TrainStageConfig, architecture: str, method: str, seed: 
 
 
 def run(args: argparse.Namespace) -> dict | None:
-    suite = config.load_suite(args.suite_params)
-    cfg = config.load_section(TrainStageConfig, args.params, "train", suite.scale)
-    out = Path(args.out)
-    if reason := skipped_reason(cfg, args.architecture, args.method, args.seed, suite.scale):
-        atomic_write_text(out / "metrics.json", json.dumps({"skipped": reason}) + "\n")
-        print(f"train: {reason}; wrote a skipped marker")
-        return None
-    device = pick_device(suite.device)
-    seed = suite.seed * 1_000_000 + args.seed * 1000  # loader orders are f(seed + epoch): keep runs apart
-    checkpoint.seed_everything(seed)
+    stage = start("contrad", "train", suite_params=args.suite_params, out=args.out, trial=args.seed)
+    cfg = stage.section(TrainStageConfig, args.params, "train")
+    if reason := skipped_reason(cfg, args.architecture, args.method, args.seed, stage.scale):
+        return stage.skip(reason)
+    device = stage.device
 
     x, y = data.load_prepared(args.prepared, "train")
     loader = data.DeviceLoader(torch.from_numpy(x), torch.from_numpy(y), batch_size=cfg.train.batch_size,
-                               shuffle=True, drop_last=True, seed=seed, device=device)
+                               shuffle=True, drop_last=True, seed=stage.seed, device=device)
     G, D = build_models(args.architecture, args.method, cfg)
     G, D = to_device(G, device), to_device(D, device)
     method = build_method(args.method, cfg)
@@ -98,31 +77,26 @@ def run(args: argparse.Namespace) -> dict | None:
         train_cfg = dataclasses.replace(cfg.train, best_key=f"fid_{scorer.kind}")
         evaluate = fid_evaluate(scorer, cfg.fid_samples, 500, device, z_dim)
 
-    resolved = {"scale": suite.scale, "architecture": args.architecture, "method": args.method, "seed": args.seed,
+    resolved = {"architecture": args.architecture, "method": args.method, "seed": args.seed,
                 "train": config.to_dict(cfg), "fid": None if scorer is None else scorer.label}
-    checkpoint.fresh_start_if_config_changed(out, resolved)
     name = f"{args.architecture}_{args.method}"
-    start = time.perf_counter()
-    with tracking.stage_logger(suite, "contrad", f"train/{name}/seed{args.seed}", resolved, stage="train",
-                               architecture=args.architecture, method=args.method, row=name,
-                               seed=args.seed) as log:
-        result = train_gan(train_cfg, G, D, method, loader, out_dir=out, logger=log, device=device, z_dim=z_dim,
-                           evaluate=evaluate)
-        checkpoint.save(out / "discriminator.pt", {"D": D.state_dict(), "architecture": args.architecture,
-                                                   "method": args.method, "steps": result.steps})
-        summary = {
-            "paper": "contrad", "stage": "train", "scale": suite.scale, "architecture": args.architecture,
-            "method": args.method, "method_name": method.name, "seed": args.seed,
-            "fid_label": None if scorer is None else scorer.label, "fid_samples": cfg.fid_samples,
-            "fid_reference": "CIFAR-10 test set", "reference_is": None if scorer is None else scorer.reference_is,
-            "best": result.best, "history": result.history, "steps": result.steps,
-            "kimg": result.steps * cfg.train.batch_size / 1000, "train_seconds": round(time.perf_counter() - start),
-            **tracking.provenance(),
-        }
-        atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
-        log.log_dict(summary, "metrics.json")
-    print(f"train {name} seed {args.seed}: best {result.best} ({suite.scale})")
-    return summary
+    started = time.perf_counter()
+    with stage.tracked(resolved, f"train/{name}/seed{args.seed}", architecture=args.architecture,
+                       method=args.method, row=name) as log:
+        result = train_gan(train_cfg, G, D, method, loader, out_dir=stage.out, logger=log, device=device,
+                           z_dim=z_dim, evaluate=evaluate)
+        checkpoint.save(stage.out / "discriminator.pt", {"D": D.state_dict(), "architecture": args.architecture,
+                                                         "method": args.method, "steps": result.steps})
+        best = {k: v for k, v in (result.best or {}).items() if k != "step" and isinstance(v, (int, float))}
+        record = stage.record(
+            best, row=name, architecture=args.architecture, method=args.method, method_name=method.name,
+            fid_label=None if scorer is None else scorer.label, fid_samples=cfg.fid_samples,
+            fid_reference="CIFAR-10 test set", reference_is=None if scorer is None else scorer.reference_is,
+            best=result.best, history=result.history, steps=result.steps,
+            kimg=result.steps * cfg.train.batch_size / 1000, train_seconds=round(time.perf_counter() - started))
+        stage.write(record, logger=log)
+    print(f"train {name} seed {args.seed}: best {result.best} ({stage.scale})")
+    return record.to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:

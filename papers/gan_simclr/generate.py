@@ -19,9 +19,10 @@ from PIL import Image
 from papers.gan_simclr.config import PARAMS, GANStageConfig, GenerateConfig
 from shared import checkpoint, config, tracking
 from shared.cli import run_stage, stage_parser
-from shared.device import pick_device, to_device
+from shared.device import to_device
 from shared.io import atomic_write
 from shared.models.stylegan2 import stylegan2
+from shared.stage import start
 from shared.trainers.gan import image_grid, sample_images
 
 
@@ -37,25 +38,25 @@ def load_generator(gan_dir: Path, cfg: GANStageConfig, device: torch.device) -> 
 
 
 def run(args: argparse.Namespace) -> None:
-    suite = config.load_suite(args.suite_params)
-    gan_cfg = config.load_section(GANStageConfig, args.params, "gan", suite.scale)
-    cfg = config.load_section(GenerateConfig, args.params, "generate", suite.scale)
-    device = pick_device(suite.device)
-    G = load_generator(Path(args.gan), gan_cfg, device)
+    out = Path(args.out)
+    stage = start("gan_simclr", "generate", suite_params=args.suite_params, out=out.parent)
+    gan_cfg = stage.section(GANStageConfig, args.params, "gan")
+    cfg = stage.section(GenerateConfig, args.params, "generate")
+    G = load_generator(Path(args.gan), gan_cfg, stage.device)
     # Smaller scales use proportionally fewer fakes (pretrain.py); draw only what they use.
     n = max(1, round(args.count * cfg.count_scale))
-    images = sample_images(G, n, cfg.batch_size, seed=cfg.seed + args.count, device=device,
+    images = sample_images(G, n, cfg.batch_size, seed=cfg.seed + args.count, device=stage.device,
                            truncation_psi=cfg.truncation_psi)
-    out = Path(args.out)
     atomic_write(out, lambda f: np.savez(f, x=images.numpy()))
     grid = image_grid(images[:cfg.grid], nrow=int(cfg.grid ** 0.5))
     png = io.BytesIO()
     Image.fromarray(grid.numpy()).save(png, format="PNG")
     atomic_write(out.with_suffix(".png"), lambda f: f.write(png.getvalue()))
-    resolved = {"scale": suite.scale, "count": args.count, **config.to_dict(cfg)}
-    with tracking.stage_logger(suite, "gan_simclr", f"generate/{args.count}", resolved, stage="generate") as log:
+    resolved = {"scale": stage.scale, "count": args.count, **config.to_dict(cfg)}
+    with tracking.stage_logger(stage.suite, "gan_simclr", f"generate/{args.count}", resolved,
+                               stage="generate") as log:
         log.log_image(grid.numpy(), f"fake_{args.count}.png")
-    print(f"generate: {n} samples for fake count {args.count} -> {out} ({suite.scale})")
+    print(f"generate: {n} samples for fake count {args.count} -> {out} ({stage.scale})")
 
 
 def main(argv: list[str] | None = None) -> int:

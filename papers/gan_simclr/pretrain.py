@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -24,13 +23,13 @@ import numpy as np
 import torch
 
 from papers.gan_simclr.config import PARAMS, PretrainConfig
-from shared import checkpoint, config, data, tracking
+from shared import checkpoint, config, data, records, stage, tracking
 from shared.cli import run_stage, stage_parser
 from shared.device import pick_device, to_device
-from shared.io import atomic_write_text
-from shared.losses import nt_xent
 from shared.mixing import MixedLoader
-from shared.models import resnet18, simclr_projector
+from shared.methods import build_method
+from shared.models import resnet18
+from shared.provenance import provenance
 from shared.trainers.linear_eval import linear_eval
 from shared.trainers.ssl import OnEval, SSLResult, train_ssl
 from shared.views import SimCLRViews
@@ -70,8 +69,8 @@ def load_config(params: Path, scale: str, overrides: Path | Mapping | None = Non
 def pretrain(suite: config.SuiteConfig, cfg: PretrainConfig, *, fakes: int, optimizer: str, seed: int,
              out: Path, logger: tracking.Logger, samples: str | None = None,
              prepared: str = "data/prepared/cifar10", subset: str = "data/subsets/cifar10_5k.npy",
-             on_eval: OnEval | None = None, progress: bool = True) -> tuple[SSLResult, dict]:
-    """Pre-train one setup and evaluate it; returns the trainer's result and the metrics.json record.
+             on_eval: OnEval | None = None, progress: bool = True) -> tuple[SSLResult, records.MetricsRecord]:
+    """Pre-train one setup and evaluate it; returns the trainer's result and its metrics record.
 
     ``on_eval(epoch, metrics)`` sees every linear evaluation (a sweep reports it to Optuna).
     """
@@ -80,8 +79,7 @@ def pretrain(suite: config.SuiteConfig, cfg: PretrainConfig, *, fakes: int, opti
                                  f"(have: {', '.join(cfg.optimizers)})")
     ssl_cfg = cfg.optimizers[optimizer]
     device = pick_device(suite.device)
-    # Loader orders are a function of (seed + epoch): space trials 1000 epochs apart so no two share one.
-    run_seed = suite.seed * 1_000_000 + seed * 1000
+    run_seed = stage.run_seed(suite.seed, seed)
     checkpoint.seed_everything(run_seed)
 
     # ---- data: the 5k real subset, the GAN samples, the full test set
@@ -102,56 +100,49 @@ def pretrain(suite: config.SuiteConfig, cfg: PretrainConfig, *, fakes: int, opti
     loader = MixedLoader(real_x.to(device), None if fake_x is None else fake_x.to(device),
                          batch_size=ssl_cfg.batch_size, sampler=cfg.sampler, seed=run_seed, device=device)
 
-    # ---- model, views, loss
+    # ---- model (encoder, then SimCLR's projector 512 -> 512 -> projection_dim), views
     encoder = to_device(resnet18(width=cfg.width), device)
-    projector = to_device(simclr_projector(encoder.feature_dim, encoder.feature_dim, cfg.projection_dim), device)
+    method = to_device(build_method("simclr", encoder, projection_dim=cfg.projection_dim,
+                                    hidden_dim=encoder.feature_dim, temperature=cfg.temperature), device)
     views = SimCLRViews(cfg.views)
-    loss_fn = lambda z1, z2: nt_xent(z1, z2, cfg.temperature)  # noqa: E731
     # The linear head is trained on the 5k real images it was pre-trained on (paper Sec. 2).
     evaluate = lambda enc: linear_eval(enc, (real_x, real_y), (test_x, test_y), cfg.linear, device)  # noqa: E731
 
     row = f"{optimizer}_fake{fakes}"
-    result = train_ssl(ssl_cfg, encoder, projector, views, loss_fn, loader, out_dir=out, logger=logger,
-                       device=device, evaluate=evaluate, on_eval=on_eval, progress=progress)
+    result = train_ssl(ssl_cfg, method, views, loader, out_dir=out, logger=logger, device=device,
+                       evaluate=evaluate, on_eval=on_eval, progress=progress)
     acc = result.final["linear_test_acc"]
-    metrics = {
-        "paper": "gan_simclr", "table": "table1", "row": row, "scale": suite.scale, "seed": seed,
-        "metrics": {"linear_eval_acc": acc},
-        "fake_count": fakes, "fakes_used": fakes_used, "real_count": len(real_x),
-        "optimizer": optimizer,
-        "epochs": ssl_cfg.epochs, "steps": result.steps, "test_images": len(test_x),
-        "curve": [{"epoch": h["epoch"], "linear_test_acc": h["linear_test_acc"]} for h in result.history],
-        **tracking.provenance(),
-    }
+    record = records.MetricsRecord(
+        paper="gan_simclr", stage="pretrain", scale=suite.scale, seed=seed, table="table1", row=row,
+        metrics={"linear_eval_acc": acc}, provenance=provenance(device), extra={
+            "fake_count": fakes, "fakes_used": fakes_used, "real_count": len(real_x), "optimizer": optimizer,
+            "epochs": ssl_cfg.epochs, "steps": result.steps, "test_images": len(test_x),
+            "curve": [{"epoch": h["epoch"], "linear_test_acc": h["linear_test_acc"]} for h in result.history]})
     logger.log_metrics({"final/linear_eval_acc": acc})
-    return result, metrics
+    return result, record
 
 
 def run(args: argparse.Namespace) -> dict | None:
-    suite = config.load_suite(args.suite_params)
-    cfg = load_config(args.params, suite.scale, args.overrides)
-    out = Path(args.out)
+    st = stage.start("gan_simclr", "pretrain", suite_params=args.suite_params, out=args.out, trial=args.seed)
+    cfg = load_config(args.params, st.scale, args.overrides)
     if args.seed >= cfg.n_seeds:
         # The DVC matrix lists the paper's 3 seeds; smaller scales run only the first n_seeds.
-        atomic_write_text(out / "metrics.json", json.dumps(
-            {"skipped": f"seed {args.seed} is not run at scale {suite.scale} (n_seeds={cfg.n_seeds})"}) + "\n")
-        return None
+        return st.skip(f"seed {args.seed} is not run at scale {st.scale} (n_seeds={cfg.n_seeds})")
     if args.optimizer not in cfg.optimizers:
         raise config.ConfigError(f"{args.params}: no optimiser 'pretrain.optimizers.{args.optimizer}'")
 
-    resolved = {"scale": suite.scale, "fakes": args.fakes, "optimizer": args.optimizer, "seed": args.seed,
+    resolved = {"fakes": args.fakes, "optimizer": args.optimizer, "seed": args.seed,
                 "pretrain": config.to_dict(cfg), "ssl": config.to_dict(cfg.optimizers[args.optimizer])}
     if args.overrides is not None:
         resolved["overrides"] = str(args.overrides)
-    checkpoint.fresh_start_if_config_changed(out, resolved)
     row = f"{args.optimizer}_fake{args.fakes}"
-    with tracking.stage_logger(suite, "gan_simclr", f"pretrain/{row}/seed{args.seed}", resolved,
-                               stage="pretrain", table="table1", row=row, seed=args.seed) as log:
-        _, metrics = pretrain(suite, cfg, fakes=args.fakes, optimizer=args.optimizer, seed=args.seed, out=out,
-                              logger=log, samples=args.samples, prepared=args.prepared, subset=args.subset)
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    print(f"{row} seed {args.seed}: linear eval {metrics['metrics']['linear_eval_acc']:.2f}% ({suite.scale})")
-    return metrics
+    with st.tracked(resolved, f"pretrain/{row}/seed{args.seed}", table="table1", row=row) as log:
+        _, record = pretrain(st.suite, cfg, fakes=args.fakes, optimizer=args.optimizer, seed=args.seed,
+                             out=st.out, logger=log, samples=args.samples, prepared=args.prepared,
+                             subset=args.subset)
+        st.write(record)
+    print(f"{row} seed {args.seed}: linear eval {record.metrics['linear_eval_acc']:.2f}% ({st.scale})")
+    return record.to_dict()
 
 
 # ---- the sweep's view of this stage (python -m shared.tune papers/gan_simclr/sweep.yaml)
@@ -192,8 +183,8 @@ def _sweep_run(suite: config.SuiteConfig, overrides: Mapping, args: SweepArgs, *
 
 
 def sweep_stage():
-    """This stage as `shared.tune` runs it (registered there as gan_simclr.pretrain)."""
-    from shared.tune import SweepStage  # optuna is imported only by sweeps
+    """This stage as `shared.tune` runs it (sweep.yaml: `stage: papers.gan_simclr.pretrain:sweep_stage`)."""
+    from shared.tune.spec import SweepStage  # imported here: only sweeps need it
 
     return SweepStage(paper="gan_simclr", stage="pretrain", args_type=SweepArgs, resolve=_sweep_resolve,
                       run=_sweep_run)

@@ -8,7 +8,7 @@ Reads every ``*.json`` under --metrics-dir (recursively) that is a pretrain metr
 (optimizer, fake_count, seed), with ``row``, ``seed``, ``metrics.linear_eval_acc``, ``fake_count``,
 ``real_count``, ``optimizer`` and ``curve`` ([{epoch, linear_test_acc}], epochs counted from 1).
 Files without ``paper`` / ``row`` (a seed the scale skips writes ``{"skipped": ...}``) and files
-under --out are passed over. A file of another scale raises (shared.tracking.compare).
+under --out are passed over. A file of another scale raises (shared.comparison.compare).
 
 Writes into --out, atomically:
   table1.md / .json   reported vs reproduced, mean ± sample std (ddof=1) over seeds
@@ -26,19 +26,16 @@ meant (5000 / 15000 * 600 = 200), and 10000 is what is used.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import io
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from shared import records
 from shared.claims import FAILS, HOLDS, INCONCLUSIVE, STD_NOTE, combined_std, is_best
-from shared.cli import run_stage
-from shared.io import atomic_write, atomic_write_text
-from shared.tracking import SCALES, Comparison, SchemaError, compare, log_comparison, provenance
+from shared.comparison import SchemaError, compare
+from shared.report import Report, band, figure, not_run, report_parser, run_report, seed_stats
 
 PAPER, TABLE = "gan_simclr", "table1"
 OPTIMIZERS = {"adam": "Adam", "lars": "LARS"}  # metrics-file name -> the paper's label
@@ -67,32 +64,14 @@ def row_id(optimizer: str, fake_count: int) -> str:
     return f"{optimizer}_fake{fake_count}"
 
 
-def _stats(values: list[float]) -> dict:
-    xs = np.asarray(values, dtype=float)
-    return {"mean": float(xs.mean()), "std": float(xs.std(ddof=1)) if len(xs) >= 2 else None,
-            "n": len(xs)}
-
-
 # ---------------------------------------------------------------- reading the metrics files
 
 def metrics_files(metrics_dir: str | Path, exclude: str | Path | None = None) -> list[Path]:
-    """The pretrain metrics files under ``metrics_dir`` (see the module docstring), sorted."""
-    metrics_dir = Path(metrics_dir)
-    if not metrics_dir.is_dir():
+    """The pretrain records under ``metrics_dir`` (skip markers and files under ``exclude`` passed over)."""
+    if not Path(metrics_dir).is_dir():
         raise FileNotFoundError(f"metrics folder {metrics_dir} does not exist; make it with the "
                                 f"pretrain stage (dvc repro papers/gan_simclr/dvc.yaml)")
-    skip = Path(exclude).resolve() if exclude is not None else None
-    found = []
-    for path in sorted(metrics_dir.rglob("*.json")):
-        if skip is not None and path.resolve().is_relative_to(skip):
-            continue  # our own outputs (table1.json, figure4.json) when --out lies inside
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise SchemaError(f"{path}: cannot read metrics file: {e}") from e
-        if isinstance(data, dict) and ("paper" in data or "row" in data) and "skipped" not in data:
-            found.append(path)
-    return found
+    return records.find(metrics_dir, exclude=exclude)
 
 
 def _need(data: dict, key: str, kinds: tuple, path: Path):
@@ -106,11 +85,12 @@ def load_runs(files: list[Path], scale: str) -> list[Run]:
     """The table1 runs of gan_simclr among ``files``; raises naming the file and key on a bad one."""
     runs = []
     for path in files:
-        data = json.loads(Path(path).read_text())
-        if data.get("paper") != PAPER or data.get("table") != TABLE:
+        record = records.read(path)
+        if record.paper != PAPER or record.table != TABLE:
             continue
-        if data.get("scale") != scale:
-            raise ValueError(f"{path}: scale {data.get('scale')!r} but reporting scale {scale!r}")
+        if record.scale != scale:
+            raise ValueError(f"{path}: scale {record.scale!r} but reporting scale {scale!r}")
+        data = {**record.extra, "row": record.row, "seed": record.seed, "metrics": record.metrics}
         optimizer = _need(data, "optimizer", (str,), path)
         fake_count = _need(data, "fake_count", (int,), path)
         real_count = _need(data, "real_count", (int,), path)
@@ -191,7 +171,7 @@ def equal_compute(runs: list[Run]) -> dict:
                      "target_epoch": target, "epoch": epoch,
                      "compute": None if epoch is None else compute(epoch, nr, nf),
                      "seeds": [r.seed for r in rs], "values": values,
-                     **(_stats(values) if values else {"mean": None, "std": None, "n": 0})}
+                     **seed_stats(values)}
             entries[str(k)] = entry
         out[optimizer] = {"budget_baseline_epochs": budget, "by_fake_count": entries}
     return out
@@ -258,61 +238,35 @@ def claims(table_stats: dict[str, dict[int, dict | None]], figure4: dict) -> lis
 
 # ---------------------------------------------------------------- figures
 
-def _figure(ncols: int):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display, no pyplot state
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5 * ncols, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, ncols, squeeze=False)[0]
-
-
-def _save_png(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
 def _color(fake_count: int) -> str:
     """One colour per fake count in both panels and both figures, whichever setups ran."""
     return f"C{FAKE_COUNTS.index(fake_count)}" if fake_count in FAKE_COUNTS else "gray"
 
 
-def _band(ax, x, mean, std, label, color):
-    line, = ax.plot(x, mean, marker="o", markersize=3, label=label, color=color)
-    if std is not None:
-        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    return line
-
-
-def _not_run(ax):
-    ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="gray")
-
-
-def figure3(runs: list[Run], scale: str, path: Path) -> None:
-    fig, axes = _figure(len(OPTIMIZERS))
+def figure3(runs: list[Run], scale: str):
+    fig, axes = figure(len(OPTIMIZERS))
     for ax, (optimizer, label) in zip(axes, OPTIMIZERS.items()):
         by_fakes = setups(runs, optimizer)
         for k, rs in by_fakes.items():
             epochs, mean, std = curve_stats(rs)
-            _band(ax, epochs, mean, std, f"{k} fake (n={len(rs)})", _color(k))
+            band(ax, epochs, mean, std, f"{k} fake (n={len(rs)})", _color(k))
         if not by_fakes:
-            _not_run(ax)
+            not_run(ax)
         else:
             ax.legend(fontsize=8)
         ax.set(title=label, xlabel="pre-training epoch", ylabel="linear eval accuracy (%)")
         ax.grid(alpha=0.3)
     fig.suptitle(f"gan_simclr Figure 3: linear eval accuracy vs epoch, scale {scale} (mean ± std over seeds)")
-    _save_png(fig, path)
+    return fig
 
 
-def figure4(runs: list[Run], equal: dict, scale: str, path: Path) -> None:
-    fig, axes = _figure(len(OPTIMIZERS))
+def figure4(runs: list[Run], equal: dict, scale: str):
+    fig, axes = figure(len(OPTIMIZERS))
     for ax, (optimizer, label) in zip(axes, OPTIMIZERS.items()):
         by_fakes = setups(runs, optimizer)
         for k, rs in by_fakes.items():
             epochs, mean, std = curve_stats(rs)
-            line = _band(ax, compute(epochs, rs[0].real_count, k), mean, std, f"{k} fake (n={len(rs)})",
+            line = band(ax, compute(epochs, rs[0].real_count, k), mean, std, f"{k} fake (n={len(rs)})",
                          _color(k))
             e = equal[optimizer]["by_fake_count"][str(k)]
             if e["mean"] is not None:
@@ -321,42 +275,29 @@ def figure4(runs: list[Run], equal: dict, scale: str, path: Path) -> None:
         if budget is not None:
             ax.axvline(budget, color="k", linestyle="--", linewidth=1, label=f"equal compute ({budget:g})")
         if not by_fakes:
-            _not_run(ax)
+            not_run(ax)
         else:
             ax.legend(fontsize=8)
         ax.set(title=label, xlabel="compute (baseline-epoch equivalents: epoch × (Nr+Nf)/Nr)",
                ylabel="linear eval accuracy (%)")
         ax.grid(alpha=0.3)
     fig.suptitle(f"gan_simclr Figure 4: accuracy at equal compute, scale {scale} (★ = value compared)")
-    _save_png(fig, path)
+    return fig
 
 
 # ---------------------------------------------------------------- the stage
 
-@dataclasses.dataclass
-class Report:
-    comparison: Comparison
-    figure4: dict
-    claims: list[dict]
-    paths: dict[str, Path]
-    run_id: str | None = None
-
-
-def _json(obj) -> str:
-    return json.dumps(obj, indent=2, default=str) + "\n"
-
-
 def gan_quality(gan_metrics: str | Path, scale: str) -> dict:
-    """The GAN's sample quality from the train_gan stage's metrics.json, with its detector's label."""
-    summary = json.loads(Path(gan_metrics).read_text())
-    if summary.get("scale") != scale:
-        raise ValueError(f"{gan_metrics} is from scale {summary.get('scale')!r}, the report is for {scale!r}")
+    """The GAN's sample quality from the train_gan stage's record, with its detector's label."""
+    record = records.read(gan_metrics)
+    if record.scale != scale:
+        raise ValueError(f"{gan_metrics} is from scale {record.scale!r}, the report is for {scale!r}")
     keep = ("fid_label", "fid_samples", "fid_reference", "best", "final", "steps", "kimg", "train_images", "method")
-    return {"paper": PAPER, "scale": scale, **{k: summary.get(k) for k in keep}}
+    return {k: record.extra.get(k) for k in keep}
 
 
 def make_report(reported: str | Path, metrics_dir: str | Path, scale: str, out: str | Path,
-                log: bool = False, tracking_uri: str | None = None, gan_metrics: str | Path | None = None) -> Report:
+                gan_metrics: str | Path | None = None, allow_dirty: bool = False) -> Report:
     """Everything the module docstring lists, for one scale; returns what it wrote."""
     out = Path(out)
     quality = gan_quality(gan_metrics, scale) if gan_metrics is not None else None
@@ -378,51 +319,25 @@ def make_report(reported: str | Path, metrics_dir: str | Path, scale: str, out: 
     for claim, text in zip(verdicts, (f"LARS, fakes {printed['lars']}", f"Adam, fakes {printed['adam']}",
                                       "Figure 4 (its values are not in the text)")):
         claim["reported"] = text  # what the paper printed, for the suite's scorecard
-    prov = provenance()
-    paths = {name: out / name for name in ("figure3.png", "figure4.png", "figure4.json", "claims.json")}
-    figure3(runs, scale, paths["figure3.png"])
-    figure4(runs, equal, scale, paths["figure4.png"])
-    atomic_write_text(paths["figure4.json"], _json({
-        "paper": PAPER, "scale": scale, "metric": "linear_test_acc", "unit": "%", "std": STD_NOTE,
-        "rule": EQUAL_COMPUTE_RULE,
-        "optimizers": equal, **prov}))
-    atomic_write_text(paths["claims.json"], _json({
-        "paper": PAPER, "scale": scale, "std": STD_NOTE,
-        "note": "single seed (std unknown) -> inconclusive; the rules are this suite's, not the paper's",
-        "claims": verdicts, "verdicts": {c["id"]: c["verdict"] for c in verdicts}, **prov}))
+    report = Report(PAPER, scale, out, {TABLE: comparison}, verdicts, allow_dirty=allow_dirty,
+                    paths={"table1.md": comparison.md_path, "table1.json": comparison.json_path})
+    report.save_figure("figure3.png", figure3(runs, scale), dpi=120)
+    report.save_figure("figure4.png", figure4(runs, equal, scale), dpi=120)
+    report.write_json("figure4.json", {"metric": "linear_test_acc", "unit": "%", "std": STD_NOTE,
+                                       "rule": EQUAL_COMPUTE_RULE, "optimizers": equal})
+    report.write_claims("single seed (std unknown) -> inconclusive; the rules are this suite's, not the paper's")
     if quality is not None:
-        paths["gan_quality.json"] = out / "gan_quality.json"
-        atomic_write_text(paths["gan_quality.json"], _json({**quality, **prov}))
-    report = Report(comparison, equal, verdicts,
-                    {"table1.md": comparison.md_path, "table1.json": comparison.json_path, **paths})
-    if log:
-        report.run_id = log_comparison(comparison, tracking_uri, extra_artifacts=list(paths.values()))
+        report.write_json("gan_quality.json", quality)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m papers.gan_simclr.report",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--reported", type=Path, default=Path(__file__).with_name("reported.yaml"))
+    parser = report_parser(PAPER, __doc__)
     parser.add_argument("--metrics-dir", type=Path, required=True, help="the pretrain stage's outputs")
-    parser.add_argument("--scale", required=True, choices=SCALES)
-    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--gan-metrics", type=Path, default=None,
                         help="the train_gan stage's metrics.json: its FID goes into gan_quality.json")
-    parser.add_argument("--log", action="store_true", help="log the comparison run to MLflow")
-    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or <repo>/mlflow")
-    args = parser.parse_args(argv)
-
-    def run() -> None:
-        report = make_report(args.reported, args.metrics_dir, args.scale, args.out, args.log,
-                             args.tracking_uri, args.gan_metrics)
-        print(report.comparison.md_path.read_text(), end="")
-        for c in report.claims:
-            print(f"claim ({c['id']}) {c['claim']}: {c['verdict']} ({c['reason']})")
-        if report.run_id is not None:
-            print(f"logged to MLflow run {report.run_id}")
-
-    return run_stage(run)  # SchemaError is a ValueError
+    return run_report(parser, lambda a: make_report(a.reported, a.metrics_dir, a.scale, a.out, a.gan_metrics,
+                                                    a.allow_dirty), argv)
 
 
 if __name__ == "__main__":

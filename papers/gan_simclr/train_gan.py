@@ -12,33 +12,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 from papers.gan_simclr.config import PARAMS, GANStageConfig
-from shared import checkpoint, config, data, metrics, tracking
+from shared import config, data, metrics
 from shared.cli import run_stage, stage_parser
-from shared.device import pick_device, to_device
+from shared.device import to_device
 from shared.gan_losses import nonsaturating
-from shared.io import atomic_write_text
 from shared.models.stylegan2 import stylegan2
+from shared.stage import start
 from shared.trainers.gan import fid_evaluate, train_gan
 
 
 def run(args: argparse.Namespace) -> dict:
-    suite = config.load_suite(args.suite_params)
-    cfg = config.load_section(GANStageConfig, args.params, "gan", suite.scale)
-    out = Path(args.out)
-    device = pick_device(suite.device)
-    checkpoint.seed_everything(suite.seed)
+    stage = start("gan_simclr", "train_gan", suite_params=args.suite_params, out=args.out)
+    cfg = stage.section(GANStageConfig, args.params, "gan")
+    device = stage.device
 
     x, y = data.load_prepared(args.prepared, "train")
     subset = data.load_indices(args.subset)
     loader = data.DeviceLoader(torch.from_numpy(x[subset]), torch.from_numpy(y[subset]),
-                               batch_size=cfg.train.batch_size, shuffle=True, drop_last=True, seed=suite.seed,
+                               batch_size=cfg.train.batch_size, shuffle=True, drop_last=True, seed=stage.seed,
                                device=device)
     test_x, _ = data.load_prepared(args.prepared, "test")
     scorer = metrics.make_scorer(test_x, cfg.metrics.inception_weights, cfg.metrics.extractor, device,
@@ -52,23 +49,19 @@ def run(args: argparse.Namespace) -> dict:
     method = nonsaturating(cfg.policy)
     evaluate = fid_evaluate(scorer, cfg.fid_samples, 250, device)
 
-    resolved = {"scale": suite.scale, "gan": config.to_dict(cfg), "fid": scorer.label}
-    checkpoint.fresh_start_if_config_changed(out, resolved)
-    with tracking.stage_logger(suite, "gan_simclr", "train_gan", resolved, stage="train_gan",
-                               method=method.name) as log:
-        result = train_gan(train_cfg, G, D, method, loader, out_dir=out, logger=log, device=device,
+    resolved = {"gan": config.to_dict(cfg), "fid": scorer.label}
+    with stage.tracked(resolved, "train_gan", method=method.name) as log:
+        result = train_gan(train_cfg, G, D, method, loader, out_dir=stage.out, logger=log, device=device,
                            z_dim=cfg.architecture.z_dim, evaluate=evaluate)
-        summary = {
-            "paper": "gan_simclr", "stage": "train_gan", "scale": suite.scale, "method": method.name,
-            "fid_label": scorer.label, "fid_samples": cfg.fid_samples, "fid_reference": "CIFAR-10 test set",
-            "best": result.best, "final": result.history[-1], "history": result.history,
-            "steps": result.steps, "kimg": result.steps * cfg.train.batch_size / 1000,
-            "train_images": len(subset), **tracking.provenance(),
-        }
-        atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
-        log.log_dict(summary, "metrics.json")
-    print(f"train_gan: best {fid_key} {result.best} ({scorer.label}; {suite.scale})")
-    return summary
+        best = {k: v for k, v in result.best.items() if k != "step" and isinstance(v, (int, float))}
+        record = stage.record(
+            best, method=method.name, fid_label=scorer.label, fid_samples=cfg.fid_samples,
+            fid_reference="CIFAR-10 test set", best=result.best, final=result.history[-1],
+            history=result.history, steps=result.steps, kimg=result.steps * cfg.train.batch_size / 1000,
+            train_images=len(subset))
+        stage.write(record, logger=log)
+    print(f"train_gan: best {fid_key} {result.best} ({scorer.label}; {stage.scale})")
+    return record.to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,1 +1,3 @@
-"""Trainers: ``ssl`` (views -> encoder -> loss -> step) and ``linear_eval`` (frozen features)."""
+"""Trainers, one explicit loop each: ``ssl`` (view source -> method -> step), ``gan`` (D and G steps,
+conditional or not), ``adversarial`` (a transforming generator against critics), ``linear_eval``
+(frozen features once, then a linear head or kNN). ``common`` holds what they share."""

@@ -29,6 +29,23 @@ G first); lazy R1 is added to that step's D loss with weight gamma/2 * r1_interv
 (as DiffAugment's TF loop and ContraD do), not a separate optimiser step, so there
 is no Adam lr/beta correction for it; R1 runs its own D forward on a fresh
 augmentation of the reals.
+
+Conditional GANs, G(z, c) and D(x, c): `train_gan(..., condition=provider)`. A
+`ConditionProvider` turns each loader batch into the reals D sees and the
+conditions of the reals and of the fakes (`sample(batch) -> ConditionedBatch`), and
+gives fixed conditions for sample grids and evaluation (`fixed(n, seed)`). Two
+come with the trainer:
+- `ClassConditions`: c = the batch's labels, for D's reals and for G's fakes.
+- `InstanceConditions` (IC-GAN, Casanova et al. 2021): c = the L2-normalised feature
+  h_i of the batch's instances i (features from a frozen encoder, computed once);
+  D's real for instance i is a uniform draw from the k nearest neighbours of i by
+  cosine similarity (`knn_neighbourhoods`, computed once), its fake is G(z, h_i).
+The G step reuses the fakes' conditions of the last D batch. The official
+BigGAN / IC-GAN loops draw the fakes' conditions separately (uniform labels, uniform
+instances), for each D step and the G step; with a loader that shuffles uniformly
+the conditions have the same distribution, but here a fake and a real of one batch
+share their condition. Without a provider (None) nothing changes: the same calls,
+the same random draws.
 """
 from __future__ import annotations
 
@@ -36,19 +53,20 @@ import copy
 import dataclasses
 import math
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, NamedTuple, Protocol, Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from shared import checkpoint
 from shared.device import autocast, prepare_batch
-from shared.gan_losses import Augment, GANMethod, r1_penalty
+from shared.gan_losses import Augment, GANMethod, discriminate, r1_penalty
 from shared.io import atomic_write
 from shared.tracking import Logger
-from shared.trainers.ssl import EpochLoader, NonFiniteLossError
+from shared.trainers.common import EpochLoader, NonFiniteLossError
 
 Evaluate = Callable[[nn.Module, int], dict[str, float]]
 
@@ -108,7 +126,7 @@ class GANResult:
 
 # ---------------------------------------------------------------- helpers
 
-class _RNGPreserved:
+class RNGPreserved:
     """Run a block (sampling, evaluation) without moving any RNG the training loop draws from."""
 
     def __enter__(self):
@@ -119,14 +137,16 @@ class _RNGPreserved:
         return False
 
 
-def _generate(G: nn.Module, z: Tensor, style_mixing_prob: float = 0.0, truncation_psi: float = 1.0) -> Tensor:
-    # Options are passed only when used, so generators without them (SNDCGAN) work too.
+def _generate(G: nn.Module, z: Tensor, style_mixing_prob: float = 0.0, truncation_psi: float = 1.0,
+              c: Tensor | None = None) -> Tensor:
+    # Options are passed only when used, so generators without them (SNDCGAN) work too;
+    # a condition makes it G(z, c).
     kwargs = {}
     if style_mixing_prob > 0:
         kwargs["style_mixing_prob"] = style_mixing_prob
     if truncation_psi != 1:
         kwargs["truncation_psi"] = truncation_psi
-    return G(z, **kwargs)
+    return G(z, **kwargs) if c is None else G(z, c, **kwargs)
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -143,31 +163,40 @@ def to_model_range(x: Tensor, device: torch.device) -> Tensor:
 
 @torch.no_grad()
 def sample_images(G_ema: nn.Module, n: int, batch_size: int, seed: int, device: torch.device,
-                  truncation_psi: float = 1.0, z_dim: int | None = None) -> Tensor:
+                  truncation_psi: float = 1.0, z_dim: int | None = None, c: Tensor | None = None) -> Tensor:
     """`n` uint8 images (n, C, H, W) on the CPU from G_ema in eval mode, deterministic by `seed`.
 
     Latents and per-layer noise are drawn from the global RNGs seeded with `seed` inside
     a block that restores them afterwards, so sampling never perturbs training. The
-    same (seed, batch_size) gives the same images.
+    same (seed, batch_size) gives the same images. A conditional G gets `c`, one
+    condition per image ((n,) labels or (n, d) features, e.g. a provider's `fixed(n, seed)`).
     """
     z_dim = G_ema.z_dim if z_dim is None else z_dim
+    if c is not None and c.shape[0] != n:
+        raise ValueError(f"sample_images: need one condition per image, got {c.shape[0]} for n={n}")
     was_training = G_ema.training
     G_ema.eval()
     out = []
-    with _RNGPreserved():
+    with RNGPreserved():
         torch.manual_seed(seed)
         z = torch.randn(n, z_dim, device=device)
-        for chunk in z.split(batch_size):
+        conditions = [None] * math.ceil(n / batch_size) if c is None else c.to(device).split(batch_size)
+        for chunk, c_chunk in zip(z.split(batch_size), conditions, strict=True):
             with autocast(device):
-                out.append(to_uint8(_generate(G_ema, chunk, truncation_psi=truncation_psi)).cpu())
+                out.append(to_uint8(_generate(G_ema, chunk, truncation_psi=truncation_psi, c=c_chunk)).cpu())
     G_ema.train(was_training)
     return torch.cat(out)
 
 
-def fid_evaluate(scorer, n: int, batch_size: int, device: torch.device, z_dim: int | None = None) -> Evaluate:
+def fid_evaluate(scorer, n: int, batch_size: int, device: torch.device, z_dim: int | None = None,
+                 condition: ConditionProvider | None = None) -> Evaluate:
     """The trainer's `evaluate`: score `n` G_ema samples drawn with the step as seed (`scorer`: a
-    `shared.metrics.FIDScorer`, returning fid_<kind> / is_<kind>)."""
-    return lambda G_ema, step: scorer.score(sample_images(G_ema, n, batch_size, seed=step, device=device, z_dim=z_dim))
+    `shared.metrics.FIDScorer`, returning fid_<kind> / is_<kind>); a conditional G gets the
+    provider's `fixed(n, seed=step)` conditions."""
+    def evaluate(G_ema: nn.Module, step: int) -> dict[str, float]:
+        c = None if condition is None else condition.fixed(n, seed=step, device=device)
+        return scorer.score(sample_images(G_ema, n, batch_size, seed=step, device=device, z_dim=z_dim, c=c))
+    return evaluate
 
 
 def image_grid(images: Tensor, nrow: int) -> Tensor:
@@ -213,48 +242,190 @@ def warmup_factor(warmup_steps: int) -> Callable[[int], float]:
     return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
-def _check_finite(loss: Tensor, what: str, step: int) -> float:
+def check_finite(loss: Tensor, what: str, step: int) -> float:
+    """The loss as a float; NonFiniteLossError naming `what`, the value and the step if it is NaN or infinite."""
     value = loss.item()
     if not math.isfinite(value):
         raise NonFiniteLossError(f"non-finite {what} loss {value} at step {step}")
     return value
 
 
-def _real_batches(loader: EpochLoader, epoch: int, skip: int) -> Iterator[tuple[int, int, Tensor]]:
-    """Real batches forever from batch `skip` of `epoch`; yields (epoch, batches done in it, x)."""
+def endless_batches(loader: EpochLoader, epoch: int, skip: int) -> Iterator[tuple[int, int, Sequence[Tensor]]]:
+    """Batches forever from batch `skip` of `epoch`; yields (epoch, batches done in it, batch).
+
+    A batch is the loader's tuple as it comes: (x, y) or (x, y, index).
+    """
     while True:
         loader.set_epoch(epoch)
-        for i, (x, _) in enumerate(loader):
+        for i, batch in enumerate(loader):
             if i >= skip:  # a resumed run re-walks the epoch's order up to where it stopped
-                yield epoch, i + 1, x
+                yield epoch, i + 1, batch
         epoch, skip = epoch + 1, 0
 
 
-def r1_on_reals(D: nn.Module, real: Tensor, augment: Augment, r1_input: str) -> Tensor:
-    """R1 at the augmented reals (DiffAugment TF, ContraD) or at the clean reals through `augment` (ADA)."""
+def r1_on_reals(D: nn.Module, real: Tensor, augment: Augment, r1_input: str, c: Tensor | None = None) -> Tensor:
+    """R1 at the augmented reals (DiffAugment TF, ContraD) or at the clean reals through `augment` (ADA).
+
+    A conditional D is called as D(x, c) with the reals' conditions `c`; the gradient is taken wrt x only.
+    """
     if r1_input == "augmented":
         x = augment(real).detach().requires_grad_(True)
-        return r1_penalty(D(x), x)
+        return r1_penalty(discriminate(D, x, c), x)
     x = real.detach().requires_grad_(True)
-    return r1_penalty(D(augment(x)), x)
+    return r1_penalty(discriminate(D, augment(x), c), x)
+
+
+# ---------------------------------------------------------------- conditions
+
+class ConditionedBatch(NamedTuple):
+    real: Tensor  # uint8 (B, C, H, W): the images D sees as real
+    c_real: Tensor  # (B,) or (B, d): their conditions
+    c_fake: Tensor  # (B,) or (B, d): the conditions of the B fakes G makes for this batch
+
+
+class ConditionProvider(Protocol):
+    """Where a conditional GAN's conditions come from.
+
+    sample(batch, device): from one loader batch ((x, y) or (x, y, index), uint8 x), the
+        reals D sees, their conditions and the fakes' conditions. Random choices use the
+        global RNGs (the trainer checkpoints them), so a resumed run draws the same.
+    fixed(n, seed, device): `n` conditions for sample grids and evaluation, a function of
+        `seed` alone; must not touch the global RNGs.
+    """
+    def sample(self, batch: Sequence[Tensor], device: torch.device) -> ConditionedBatch: ...
+    def fixed(self, n: int, seed: int, device: torch.device) -> Tensor: ...
+
+
+def _batch_part(batch: Sequence[Tensor], i: int, what: str) -> Tensor:
+    if len(batch) <= i:
+        raise ValueError(f"the condition needs the batch's {what} (element {i}); the loader yields "
+                         f"{len(batch)}-tuples, need (x, y, index)")
+    return batch[i]
+
+
+class ClassConditions:
+    """Class-conditional GAN: c = the real batch's labels `batch[1]`, for D's reals and G's fakes.
+
+    `fixed(n, seed)` cycles through the classes, 0, 1, ..., n_classes - 1, 0, ... (balanced
+    grids and evaluation sets; the seed is not needed).
+    """
+
+    def __init__(self, n_classes: int):
+        if n_classes < 1:
+            raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+        self.n_classes = n_classes
+
+    def sample(self, batch: Sequence[Tensor], device: torch.device) -> ConditionedBatch:
+        y = _batch_part(batch, 1, "labels").to(device)
+        if y.ndim != 1 or y.dtype != torch.long:
+            raise ValueError(f"labels must be int64 (B,), got {y.dtype} {tuple(y.shape)}")
+        return ConditionedBatch(batch[0], y, y)
+
+    def fixed(self, n: int, seed: int, device: torch.device) -> Tensor:
+        return torch.arange(n, device=device) % self.n_classes
+
+
+@torch.no_grad()
+def knn_neighbourhoods(features: Tensor, k: int, chunk_size: int = 1024, include_self: bool = False) -> Tensor:
+    """The `k` nearest neighbours of every row of `features` (N, d) by cosine similarity: (N, k) int64.
+
+    Row i lists its neighbours from the most to the least similar. Similarities are
+    computed `chunk_size` rows at a time against all N rows (memory chunk_size x N).
+    Without `include_self` row i itself is left out (IC-GAN searches k + 1 and drops the
+    sample: data_utils/datasets_common.py `_obtain_nns`); a duplicate of i still counts.
+    Ties are broken as `torch.topk` breaks them.
+    """
+    n = features.shape[0]
+    if features.ndim != 2 or not 1 <= k <= n - (0 if include_self else 1):
+        raise ValueError(f"need (N, d) features and 1 <= k <= N{'' if include_self else ' - 1'}, "
+                         f"got {tuple(features.shape)} and k={k}")
+    unit = F.normalize(features.float(), dim=1)
+    out = []
+    for start in range(0, n, chunk_size):
+        sim = unit[start:start + chunk_size] @ unit.T  # (chunk, N) cosine similarities
+        if not include_self:
+            rows = torch.arange(sim.shape[0], device=sim.device)
+            sim[rows, rows + start] = -math.inf
+        out.append(sim.topk(k, dim=1).indices)
+    return torch.cat(out)
+
+
+class InstanceConditions:
+    """IC-GAN's instance conditioning (Casanova et al. 2021).
+
+    For each instance i of the batch (the loader's `batch[2]`, row indices into `images`
+    and `features`): c = h_i, the L2-normalised feature of i; D's real is image j with j
+    drawn uniformly from i's k nearest neighbours by cosine similarity; G's fake is
+    G(z, h_i). The instance's own image (`batch[0]`) is not shown to D (IC-GAN excludes
+    it from the neighbourhood, as `knn_neighbourhoods` does by default).
+
+    Args:
+        images: uint8 (N, C, H, W), the dataset the loader indexes (its rows, not a subset's).
+        features: (N, d) features of the same rows from a frozen encoder, computed once.
+        k: neighbourhood size (IC-GAN: 50).
+        chunk_size: rows per similarity chunk when computing the neighbourhoods.
+        neighbours: precomputed (N, k) neighbourhoods (e.g. stored by a DVC stage); None
+            computes them with `knn_neighbourhoods`.
+        device: where the images, features and neighbourhoods are kept (the loader's device).
+    """
+
+    def __init__(self, images: Tensor, features: Tensor, k: int = 50, chunk_size: int = 1024,
+                 neighbours: Tensor | None = None, device: str | torch.device = "cpu"):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if features.ndim != 2 or features.shape[0] != images.shape[0]:
+            raise ValueError(f"need one feature row per image, got {tuple(features.shape)} "
+                             f"for {images.shape[0]} images")
+        self.images = images.to(device)
+        self.features = F.normalize(features.float(), dim=1).to(device)
+        if neighbours is None:
+            neighbours = knn_neighbourhoods(self.features, k, chunk_size)
+        if neighbours.shape != (images.shape[0], k):
+            raise ValueError(f"neighbours must be (N, k) = {(images.shape[0], k)}, got {tuple(neighbours.shape)}")
+        self.neighbours = neighbours.to(device=device, dtype=torch.long)
+        self.k = k
+
+    def sample(self, batch: Sequence[Tensor], device: torch.device) -> ConditionedBatch:
+        index = _batch_part(batch, 2, "instance indices").to(self.neighbours.device)
+        pick = torch.randint(self.k, (index.shape[0],), device=self.neighbours.device)
+        real = self.images[self.neighbours[index, pick]]
+        h = self.features[index]
+        return ConditionedBatch(real.to(device), h.to(device), h.to(device))
+
+    def fixed(self, n: int, seed: int, device: torch.device) -> Tensor:
+        """n instances' features drawn with a CPU generator seeded by `seed` (without replacement while n <= N)."""
+        g = torch.Generator().manual_seed(seed)
+        N = self.features.shape[0]
+        idx = torch.randperm(N, generator=g)[:n] if n <= N else torch.randint(N, (n,), generator=g)
+        return self.features[idx.to(self.features.device)].to(device)
 
 
 # ---------------------------------------------------------------- the two steps
 
+def _condition_kwargs(**conditions: Tensor | None) -> dict[str, Tensor | None]:
+    # The method sees condition keywords only in a conditional run (see shared.gan_losses).
+    return {} if all(c is None for c in conditions.values()) else conditions
+
+
 def d_step(G: nn.Module, D: nn.Module, method: GANMethod, real: Tensor, opt_d: torch.optim.Optimizer,
-           cfg: GANConfig, d_index: int, z_dim: int, device: torch.device, step: int) -> dict[str, float]:
-    """One D update on `real` (in [-1, 1]) and fresh fakes; R1 when `d_index` % r1_interval == 0."""
+           cfg: GANConfig, d_index: int, z_dim: int, device: torch.device, step: int,
+           c_real: Tensor | None = None, c_fake: Tensor | None = None) -> dict[str, float]:
+    """One D update on `real` (in [-1, 1]) and fresh fakes; R1 when `d_index` % r1_interval == 0.
+
+    A conditional run gives the reals' conditions `c_real` (D(real, c_real)) and the fakes'
+    `c_fake` (D(G(z, c_fake), c_fake)), one per image.
+    """
     D.requires_grad_(True)
     z = torch.randn(real.shape[0], z_dim, device=device)
     with torch.no_grad(), autocast(device):
-        fake = _generate(G, z, cfg.style_mixing_prob)
+        fake = _generate(G, z, cfg.style_mixing_prob, c=c_fake)
     with autocast(device):
-        loss, logs = method.d_loss(D, real, fake, method.augment)
+        loss, logs = method.d_loss(D, real, fake, method.augment, **_condition_kwargs(c_real=c_real, c_fake=c_fake))
         if cfg.r1_interval and cfg.r1_gamma > 0 and d_index % cfg.r1_interval == 0:
-            r1 = r1_on_reals(D, real, method.augment, cfg.r1_input)
+            r1 = r1_on_reals(D, real, method.augment, cfg.r1_input, c=c_real)
             loss = loss + (cfg.r1_gamma / 2 * cfg.r1_interval) * r1  # lazy: weighted by the interval
             logs = {**logs, "d/r1": r1.item()}
-    logs = {**logs, "d/total": _check_finite(loss, "D", step)}
+    logs = {**logs, "d/total": check_finite(loss, "D", step)}
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
@@ -262,13 +433,18 @@ def d_step(G: nn.Module, D: nn.Module, method: GANMethod, real: Tensor, opt_d: t
 
 
 def g_step(G: nn.Module, D: nn.Module, method: GANMethod, opt_g: torch.optim.Optimizer, cfg: GANConfig,
-           batch_size: int, z_dim: int, device: torch.device, step: int) -> dict[str, float]:
-    """One G update; D is frozen (no parameter gradients) but passes gradients to its input."""
+           batch_size: int, z_dim: int, device: torch.device, step: int,
+           c_fake: Tensor | None = None) -> dict[str, float]:
+    """One G update; D is frozen (no parameter gradients) but passes gradients to its input.
+
+    A conditional run gives the fakes' conditions `c_fake` ((batch_size,) or (batch_size, d)).
+    """
     D.requires_grad_(False)
     z = torch.randn(batch_size, z_dim, device=device)
     with autocast(device):
-        loss, logs = method.g_loss(D, _generate(G, z, cfg.style_mixing_prob), method.augment)
-    logs = {**logs, "g/total": _check_finite(loss, "G", step)}
+        fake = _generate(G, z, cfg.style_mixing_prob, c=c_fake)
+        loss, logs = method.g_loss(D, fake, method.augment, **_condition_kwargs(c_fake=c_fake))
+    logs = {**logs, "g/total": check_finite(loss, "G", step)}
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -280,11 +456,15 @@ def g_step(G: nn.Module, D: nn.Module, method: GANMethod, opt_g: torch.optim.Opt
 
 def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loader: EpochLoader, *,
               out_dir: str | Path, logger: Logger, device: torch.device, z_dim: int,
-              evaluate: Evaluate | None = None, progress: bool = True) -> GANResult:
+              evaluate: Evaluate | None = None, condition: ConditionProvider | None = None,
+              progress: bool = True) -> GANResult:
     """Train G and D with `method` on `loader`'s uint8 batches for `cfg.steps` G updates.
 
-    `loader` yields (x_uint8, y) batches of exactly `cfg.batch_size` (drop_last) with a
-    deterministic order per `set_epoch(e)`. Every `sample_every` steps a grid of
+    `loader` yields (x_uint8, y) or (x_uint8, y, index) batches of exactly `cfg.batch_size`
+    (drop_last) with a deterministic order per `set_epoch(e)`. With a `condition` provider
+    the GAN is conditional: G(z, c), D(x, c), the reals and conditions from
+    `condition.sample(batch)`, the grid from `condition.fixed(n_sample_grid, sample_seed)`
+    (give `fid_evaluate` the provider too). Every `sample_every` steps a grid of
     `n_sample_grid` images from G_ema with fixed latents is logged and saved as
     `out_dir/samples/step_XXXXXXX.png`. `evaluate(G_ema, step)` (e.g. FID) runs every
     `eval_every` steps and after the last; its metrics are logged as `eval/<name>` and
@@ -320,12 +500,14 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
 
     G.train()
     D.train()
-    reals = _real_batches(loader, epoch, batches_done)
+    reals = endless_batches(loader, epoch, batches_done)
+    grid_c = None if condition is None else condition.fixed(cfg.n_sample_grid, cfg.sample_seed, device)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"gan {method.name}", unit="step", disable=not progress)
     while step < cfg.steps:
         # ---- D: real batch, fakes without gradient, method's D loss (+ R1)
         for k in range(cfg.d_steps_per_g):
-            epoch, batches_done, x = next(reals)
+            epoch, batches_done, batch = next(reals)
+            x, c_real, c_fake = (batch[0], None, None) if condition is None else condition.sample(batch, device)
             if x.shape[0] != cfg.batch_size:
                 raise ValueError(f"got a batch of {x.shape[0]}, expected batch_size={cfg.batch_size}; "
                                  f"build the loader with that batch size and drop_last=True")
@@ -333,12 +515,13 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
             if cfg.mirror:
                 flip = torch.rand(real.shape[0], 1, 1, 1, device=device) < 0.5
                 real = torch.where(flip, real.flip(3), real)
-            d_logs = d_step(G, D, method, real, opt_d, cfg, step * cfg.d_steps_per_g + k, z_dim, device, step + 1)
+            d_logs = d_step(G, D, method, real, opt_d, cfg, step * cfg.d_steps_per_g + k, z_dim, device, step + 1,
+                            c_real=c_real, c_fake=c_fake)
 
         # ---- G: method's G loss through the frozen D, then the EMA of G (a D-only method skips it)
         g_logs = {}
         if method.g_loss is not None:
-            g_logs = g_step(G, D, method, opt_g, cfg, cfg.batch_size, z_dim, device, step + 1)
+            g_logs = g_step(G, D, method, opt_g, cfg, cfg.batch_size, z_dim, device, step + 1, c_fake=c_fake)
             sched_g.step()
         sched_d.step()
         step += 1
@@ -353,13 +536,14 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
                                 "train/ema_beta": beta, "train/kimg": step * cfg.batch_size / 1000}, step=step)
             bar.set_postfix({k.split("/")[0]: f"{v:.3f}" for k, v in {**d_logs, **g_logs}.items() if k.endswith("/total")})
         if step % cfg.sample_every == 0 or last:
-            images = sample_images(G_ema, cfg.n_sample_grid, cfg.batch_size, cfg.sample_seed, device, z_dim=z_dim)
+            images = sample_images(G_ema, cfg.n_sample_grid, cfg.batch_size, cfg.sample_seed, device, z_dim=z_dim,
+                                   c=grid_c)
             grid = image_grid(images, nrow=math.ceil(math.sqrt(cfg.n_sample_grid)))
             name = f"step_{step:07d}.png"
             _save_png(out_dir / "samples" / name, grid)
             logger.log_image(grid, f"samples/{name}")
         if evaluate is not None and (step % cfg.eval_every == 0 or last):
-            with _RNGPreserved():
+            with RNGPreserved():
                 metrics = evaluate(G_ema, step)
             history.append({"step": step, **metrics})
             logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)

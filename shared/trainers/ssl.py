@@ -1,19 +1,20 @@
-"""The self-supervised trainer: one explicit loop, any ``loss(z1, z2)`` and any view generator.
+"""The self-supervised trainer: one explicit loop over a view source and an SSL method.
 
 Read top to bottom: build the optimiser and schedule, resume from the checkpoint if
-there is one, then per epoch: batches -> views -> encoder + projector -> loss ->
-step; evaluate every ``eval_every`` epochs; checkpoint atomically at the end of
-every ``checkpoint_every`` epochs. A resumed run repeats exactly what the
-uninterrupted run would have done: the checkpoint holds the model, optimiser,
-scheduler, step, the evaluation history and every RNG, and the loader's order is a
-function of (seed, epoch).
+there is one, then per epoch: batches ``(x, y, index)`` -> ``views(x, index)`` ->
+``method(views)`` (forward and loss) -> step -> ``method.after_step`` (EMA target, key
+encoder); evaluate every ``eval_every`` epochs; checkpoint atomically at the end of every
+``checkpoint_every`` epochs. A resumed run repeats exactly what the uninterrupted run
+would have done: the checkpoint holds the method's whole state (encoder, heads, target
+network, queue), the optimiser, scheduler, step, the evaluation history and every RNG,
+and the loader's order is a function of (seed, epoch).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Protocol
+from typing import Callable, Iterable, Literal
 
 import torch
 from torch import nn
@@ -21,24 +22,14 @@ from tqdm import tqdm
 
 from shared import checkpoint
 from shared.device import autocast, prepare_batch
+from shared.methods import SSLMethod
 from shared.optim import LARS, warmup_cosine
 from shared.tracking import Logger
+from shared.trainers.common import EpochLoader, NonFiniteLossError  # noqa: F401 - part of this API
 
-Views = Callable[[torch.Tensor], list[torch.Tensor]]
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Views = Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]  # views(x, index) -> N views of the batch
 Evaluate = Callable[[nn.Module], dict[str, float]]
 OnEval = Callable[[int, dict[str, float]], None]  # (epoch, evaluate's metrics)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stops rather than train on garbage."""
-
-
-class EpochLoader(Protocol):
-    """What the trainer needs of a loader: a deterministic order per epoch, and batches."""
-    def set_epoch(self, epoch: int) -> None: ...
-    def __iter__(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
-    def __len__(self) -> int: ...
 
 
 @dataclasses.dataclass
@@ -90,62 +81,69 @@ def make_schedule(cfg: SSLConfig, optimizer: torch.optim.Optimizer, steps_per_ep
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
 
 
-def ssl_step(encoder: nn.Module, projector: nn.Module, views: Views, loss_fn: Loss, x: torch.Tensor,
-             optimizer: torch.optim.Optimizer, device: torch.device) -> torch.Tensor:
-    """One optimisation step on a batch ``x``; returns the detached loss.
+def ssl_step(method: SSLMethod, views: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+             device: torch.device, *, step: int = 0, total_steps: int = 1) -> tuple[torch.Tensor, dict]:
+    """One optimisation step on the views of one batch; returns the detached loss and the method's logs.
 
-    Each view goes through the network separately, as the SimCLR and VICReg code
-    do, so batch-norm statistics are per view.
+    The method's forward (network and loss) runs under :func:`shared.device.autocast`; after
+    the optimiser step, ``method.after_step(step, total_steps)`` (if the method has one)
+    updates its momentum state, ``step`` being the 0-based index of the step just taken.
     """
-    v1, v2 = views(x)[:2]
+    views = [prepare_batch(v, device) for v in views]
     with autocast(device):
-        z1 = projector(encoder(prepare_batch(v1, device)))
-        z2 = projector(encoder(prepare_batch(v2, device)))
-        loss = loss_fn(z1.float(), z2.float())
+        loss, logs = method(views)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach()
+    after_step = getattr(method, "after_step", None)
+    if after_step is not None:
+        after_step(step, total_steps)
+    return loss.detach(), logs
 
 
-def train_ssl(cfg: SSLConfig, encoder: nn.Module, projector: nn.Module, views: Views, loss_fn: Loss,
-              loader: EpochLoader, *, out_dir: str | Path, logger: Logger, device: torch.device,
-              evaluate: Evaluate | None = None, on_eval: OnEval | None = None,
-              progress: bool = True) -> SSLResult:
-    """Pre-train ``encoder`` + ``projector`` with ``loss_fn`` on ``views`` of ``loader``'s batches.
+def train_ssl(cfg: SSLConfig, method: SSLMethod, views: Views, loader: EpochLoader, *, out_dir: str | Path,
+              logger: Logger, device: torch.device, evaluate: Evaluate | None = None,
+              on_eval: OnEval | None = None, progress: bool = True) -> SSLResult:
+    """Pre-train ``method`` (its encoder and heads) on ``views(x, index)`` of ``loader``'s batches.
 
-    ``evaluate(encoder)`` returns metrics (e.g. linear-eval accuracy); it runs every
-    ``cfg.eval_every`` epochs and after the last, each result logged as ``eval/<name>``
-    against the epoch, then handed to ``on_eval(epoch, metrics)`` if given (a sweep
-    reports it to Optuna there, and may stop the run by raising). The checkpoint
-    ``out_dir/checkpoint.pt`` is resumed if present.
+    ``method`` follows :mod:`shared.methods.base` (already on ``device``); the optimiser
+    trains ``method.trainable_parameters()``. ``evaluate(method.encoder)`` returns metrics
+    (e.g. linear-eval accuracy); it runs every ``cfg.eval_every`` epochs and after the last,
+    each result logged as ``eval/<name>`` against the epoch, then handed to
+    ``on_eval(epoch, metrics)`` if given (a sweep reports it to Optuna there, and may stop the
+    run by raising). The checkpoint ``out_dir/checkpoint.pt`` is resumed if present. Every
+    ``cfg.log_every`` steps the loss, the learning rate and the method's logs are logged as
+    ``train/<name>``.
     Raises :class:`NonFiniteLossError` naming the step and value if the loss diverges.
     """
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
-    params = list(encoder.parameters()) + list(projector.parameters())
-    optimizer = make_optimizer(cfg, params)
+    optimizer = make_optimizer(cfg, method.trainable_parameters())
     scheduler = make_schedule(cfg, optimizer, len(loader))
+    total_steps = cfg.epochs * len(loader)
     start_epoch, step, history = 0, 0, []
 
     state = checkpoint.load(ckpt_path, map_location=device)
     if state is not None:
-        encoder.load_state_dict(state["encoder"])
-        projector.load_state_dict(state["projector"])
+        if "method" not in state:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {ckpt_path} predates SSL methods (it has no 'method' state); "
+                f"delete it to restart the stage from scratch")
+        method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         checkpoint.set_rng_state(state["rng"])
         print(f"resumed from {ckpt_path} at epoch {start_epoch} (step {step})")
 
-    encoder.train()
-    projector.train()
+    method.train()
     bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, desc="ssl",
                unit="epoch", disable=not progress)
     for epoch in bar:
         loader.set_epoch(epoch)
-        for x, _ in loader:
-            loss = ssl_step(encoder, projector, views, loss_fn, x, optimizer, device)
+        for x, _, index in loader:
+            batch_views = views(x, index)
+            loss, logs = ssl_step(method, batch_views, optimizer, device, step=step, total_steps=total_steps)
             scheduler.step()
             step += 1
             value = loss.item()
@@ -154,20 +152,21 @@ def train_ssl(cfg: SSLConfig, encoder: nn.Module, projector: nn.Module, views: V
                     f"non-finite loss {value} at step {step} (epoch {epoch + 1}); "
                     f"last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none'}")
             if step % cfg.log_every == 0:
-                logger.log_metrics({"train/loss": value, "train/lr": optimizer.param_groups[0]["lr"]}, step=step)
+                logger.log_metrics({"train/loss": value, "train/lr": optimizer.param_groups[0]["lr"],
+                                    **{f"train/{k}": float(v) for k, v in logs.items()}}, step=step)
                 bar.set_postfix(loss=f"{value:.4f}")
 
         done = epoch + 1
         if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.epochs):
-            metrics = evaluate(encoder)
-            encoder.train()
+            metrics = evaluate(method.encoder)
+            method.train()
             history.append({"epoch": done, **metrics})
             logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=done)
             if on_eval is not None:
                 on_eval(done, metrics)
         if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
             checkpoint.save(ckpt_path, {
-                "encoder": encoder.state_dict(), "projector": projector.state_dict(),
+                "method": method.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": done, "step": step, "history": history, "rng": checkpoint.rng_state(),
                 "config": dataclasses.asdict(cfg),

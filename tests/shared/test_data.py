@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
-from shared import data
+from shared import prepare as prepare_cli
 from shared.data import (CIFAR10_CLASSES, CorruptDataError, DataNotFoundError, DeviceLoader, load_indices,
                          load_prepared, load_split, prepare, save_indices, stratified_subset)
 
@@ -260,7 +261,7 @@ def test_prepare_round_trip_and_atomic_on_failure(tmp_path, monkeypatch, mnist_i
 
 
 def test_load_prepared_errors_name_the_file(tmp_path):
-    with pytest.raises(DataNotFoundError, match=r"train\.npz.*python -m shared.data prepare"):
+    with pytest.raises(DataNotFoundError, match=r"train\.npz.*python -m shared.prepare dataset"):
         load_prepared(tmp_path, "train")
     (tmp_path / "train.npz").write_bytes(b"PK\x03\x04 truncated zip")
     with pytest.raises(CorruptDataError, match=r"train\.npz"):
@@ -299,7 +300,7 @@ def test_stratified_subset_counts_seeds_and_errors(tmp_path):
 # ---------------------------------------------------------------- device loader
 
 def _epoch(loader):
-    return [(xb[:, 0, 0, 0].tolist(), yb.tolist()) for xb, yb in loader]
+    return [(xb[:, 0, 0, 0].tolist(), yb.tolist()) for xb, yb, _ in loader]
 
 
 def test_device_loader_covers_each_index_once_and_is_seeded_per_epoch():
@@ -312,10 +313,11 @@ def test_device_loader_covers_each_index_once_and_is_seeded_per_epoch():
     for e in range(3):
         loader.set_epoch(e)
         batches = list(loader)
-        assert all(xb.dtype == torch.uint8 and yb.dtype == torch.int64 for xb, yb in batches)
-        seen = [i for xb, yb in batches for i in xb[:, 0, 0, 0].tolist()]
+        assert all(xb.dtype == torch.uint8 and yb.dtype == torch.int64 for xb, yb, _ in batches)
+        seen = [i for xb, yb, _ in batches for i in xb[:, 0, 0, 0].tolist()]
+        assert all(torch.equal(ib.to(torch.uint8), xb[:, 0, 0, 0]) for xb, _, ib in batches)  # rows by index
         assert sorted(seen) == list(range(n))
-        assert [yy for _, yb in batches for yy in yb.tolist()] == [i * 10 for i in seen]
+        assert [yy for _, yb, _ in batches for yy in yb.tolist()] == [i * 10 for i in seen]
         epochs.append(_epoch(loader))
     assert epochs[0] != epochs[1] != epochs[2]
     resumed = DeviceLoader(x, y, batch_size=5, seed=3)
@@ -323,26 +325,33 @@ def test_device_loader_covers_each_index_once_and_is_seeded_per_epoch():
     assert _epoch(resumed) == epochs[2]
 
     sub = DeviceLoader(x, y, batch_size=4, drop_last=True, indices=[1, 4, 9, 16, 22])
-    assert len(sub) == 1 and all(len(xb) == 4 for xb, _ in sub)
+    assert len(sub) == 1 and all(len(xb) == 4 for xb, _, _ in sub)
     plain = DeviceLoader(x, y, batch_size=10, shuffle=False, indices=[1, 4, 9, 16, 22])
     assert _epoch(plain) == [([1, 4, 9, 16, 22], [10, 40, 90, 160, 220])]
 
 
-def test_device_loader_from_prepared_and_cli(tmp_path, mnist_imgs, capsys):
+def test_device_loader_reads_what_the_prepare_cli_writes(tmp_path, mnist_imgs, capsys):
     tree = _write_tree(tmp_path / "mnist", mnist_imgs)
     out = tmp_path / "prepared"
-    assert data.main(["prepare", "mnist", "--out", str(out), "--path", str(tree), "--no-progress"]) == 0
-    assert data.main(["subset", "--prepared", str(out), "--per-class", "1", "--seed", "0",
-                      "--out", str(tmp_path / "sub.npy")]) == 0
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "scale": "smoke", "tracking": {"backend": "none"}, "data": {"paths": {"mnist": str(tree)}},
+        "prepare": {"subsets": {"one": {"dataset": "mnist", "per_class": 1}, "three": {"per_class": 3}}}}))
+    assert prepare_cli.main(["dataset", "mnist", "--params", str(params), "--out", str(out)]) == 0
+    assert prepare_cli.main(["subset", "one", "--params", str(params), "--prepared", str(out),
+                             "--out", str(tmp_path / "sub.npy")]) == 0
     loader = DeviceLoader.from_prepared(out, "train", "cpu", indices=tmp_path / "sub.npy", batch_size=4)
-    ys = sorted(y for _, yb in loader for y in yb.tolist())
+    ys = sorted(y for _, yb, _ in loader for y in yb.tolist())
     assert ys == list(range(10)) and len(loader) == 3
-    assert data.main(["subset", "--prepared", str(out), "--per-class", "3", "--out", str(tmp_path / "x.npy")]) == 1
+    assert prepare_cli.main(["subset", "three", "--params", str(params), "--prepared", str(out),
+                             "--out", str(tmp_path / "x.npy")]) == 2
     assert "fewer than per_class=3" in capsys.readouterr().err
     # the real entry point: clean one-line error, non-zero exit, no traceback
-    run = subprocess.run([sys.executable, "-m", "shared.data", "prepare", "cifar10", "--out", str(tmp_path / "o"),
-                          "--path", str(tmp_path / "nowhere")], cwd=REPO, capture_output=True, text=True)
-    assert run.returncode == 1 and "data.paths.cifar10" in run.stderr and "Traceback" not in run.stderr
+    params.write_text(yaml.safe_dump({"scale": "smoke", "tracking": {"backend": "none"},
+                                      "data": {"paths": {"cifar10": str(tmp_path / "nowhere")}}}))
+    run = subprocess.run([sys.executable, "-m", "shared.prepare", "dataset", "cifar10", "--params", str(params),
+                          "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2 and "data.paths.cifar10" in run.stderr and "Traceback" not in run.stderr
 
 
 # ---------------------------------------------------------------- the real offline data

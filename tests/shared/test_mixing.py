@@ -27,7 +27,7 @@ def _data(nr: int, nf: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _epoch(loader: MixedLoader) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The ids and the sources of each batch of the loader's current epoch."""
     ids, sources = [], []
-    for x, s in loader:
+    for x, s, _ in loader:
         ids.append(x[:, 0, 0, 0].long() * 256 + x[:, 1, 0, 0].long())
         sources.append(s)
     return ids, sources
@@ -143,7 +143,7 @@ def test_without_fakes_the_baseline_is_device_loader(sampler, fake):
         ours = list(loader)
         theirs = list(reference)
         assert len(ours) == len(theirs) == 4
-        for (x, s), (x_ref, _) in zip(ours, theirs):
+        for (x, s, _), (x_ref, _, _) in zip(ours, theirs):
             assert torch.equal(x, x_ref) and torch.equal(s, torch.zeros(16, dtype=torch.int64))
 
 
@@ -155,7 +155,7 @@ def test_len_dtype_device_and_shapes():
     loader = MixedLoader(real, fake, 128, "balanced", drop_last=False)
     batches = list(loader)
     assert len(batches) == len(loader) and len(batches[-1][0]) == 1300 - 10 * 128
-    for x, s in batches:
+    for x, s, _ in batches:
         assert x.dtype == torch.uint8 and s.dtype == torch.int64
         assert x.shape[1:] == (2, 1, 1) and s.shape == (len(x),)
         assert x.device == s.device == torch.device("cpu")

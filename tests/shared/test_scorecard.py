@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.scorecard import END, START, load_claims, main, scorecard, splice
-from shared.tracking import SchemaError
+from shared.comparison import SchemaError
 
 from shared.config import REPO_ROOT
 

@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from shared import tracking
-from shared.config import SuiteConfig, TrackingConfig
+from shared.comparison import Comparison, compare, log_comparison
+from shared.config import REPO_ROOT, SuiteConfig, TrackingConfig
 from shared.scorecard import scorecard
-from shared.tracking import Comparison, compare, log_comparison, rebuild, ui_command
-
-from shared.config import REPO_ROOT
+from shared.tracking import __main__ as cli
+from shared.tracking.store import rebuild, ui_command
 
 REPO = REPO_ROOT
 REPORTED = {"paper": "alpha", "source": "Alpha et al., Table 1", "tables": {"t1": {
@@ -263,13 +263,13 @@ def test_ui_command(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match="tracking server already"):
         ui_command("http://127.0.0.1:5000")
     calls = []
-    monkeypatch.setattr(tracking.os, "execve", lambda *a: calls.append(a))
-    tracking.main(["ui", "--tracking-uri", uri, "--port", "5123"])
+    monkeypatch.setattr(cli.os, "execve", lambda *a: calls.append(a))
+    cli.main(["ui", "--tracking-uri", uri, "--port", "5123"])
     (exe, argv, env), = calls
     assert exe == sys.executable and argv == ui_command(uri, port=5123)
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert "rebuild" in capsys.readouterr().err  # the store does not exist yet: say how to fill it
-    assert tracking.main(["ui", "--tracking-uri", "http://127.0.0.1:5000"]) == 2
+    assert cli.main(["ui", "--tracking-uri", "http://127.0.0.1:5000"]) == 2
 
 
 def test_stage_runs_carry_filter_tags():

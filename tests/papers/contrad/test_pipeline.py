@@ -2,7 +2,19 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
+
+# What the pipeline measured at smoke scale, seed 0, one thread, before the shared-foundations
+# refactor (commit cccdda7 run with OMP_NUM_THREADS=1): the refactor must not change a number.
+PINNED = {  # (run, metrics file) -> metrics
+    ("sndcgan_baseline_seed0", "table1_fid.json"): {"fid_indomain": 54.70057066804977},
+    ("sndcgan_baseline_seed0", "table1_is.json"): {"is_indomain": 1.0000016988684342},
+    ("sndcgan_diffaugment_seed0", "table1_fid.json"): {"fid_indomain": 55.3511885075754},
+    ("sndcgan_contrad_seed0", "table1_fid.json"): {"fid_indomain": 55.578066181333014},
+    ("sndcgan_contrad_seed0", "table3.json"): {"linear_eval_acc": 10.500000044703484},
+    ("sndcgan_simclr_seed0", "table3.json"): {"linear_eval_acc": 9.50000025331974},
+}
 
 
 
@@ -39,3 +51,7 @@ def test_contrad_pipeline_at_smoke_scale(smoke_project, dvc, data_root):
     claims = json.loads((results / "claims.json").read_text())
     assert set(claims["verdicts"].values()) == {"inconclusive"}  # one seed: never a verdict
     assert "up to date" in dvc(["status", "papers/contrad/dvc.yaml"], project).stdout
+
+    for (run, name), expected in PINNED.items():  # the same numbers as before the refactor
+        got = json.loads((out / "eval" / run / name).read_text())["metrics"]
+        assert {k: got[k] for k in expected} == pytest.approx(expected, rel=1e-9), (run, name)

@@ -5,13 +5,15 @@ import pytest
 import torch
 from torch import nn
 
+from shared import records
 from papers.contrad.config import TrainStageConfig
 from papers.contrad.evaluate import DiscriminatorFeatures, linear_eval_of_d, table1_cell
 from papers.contrad.method import ContraDDiscriminator
 from papers.contrad.report import claims, detector_kind
-from papers.contrad.train import build_method, build_models, skipped_reason
+from papers.contrad.models import build_models
+from papers.contrad.train import build_method, skipped_reason
 from shared.claims import FAILS, HOLDS
-from shared.tracking import Comparison, RowComparison
+from shared.comparison import Comparison, RowComparison
 
 CPU = torch.device("cpu")
 
@@ -103,9 +105,9 @@ def test_claims_on_worked_numbers():
 
 def test_detector_kind_never_mixes_feature_spaces(tmp_path):
     def write(name, key):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "table1_fid.json").write_text(json.dumps({"metrics": {key: 1.0}}))
-        return tmp_path / name / "table1_fid.json"
+        return records.write(tmp_path / name / "table1_fid.json", records.MetricsRecord(
+            paper="contrad", stage="evaluate", scale="smoke", seed=0, table="table1_fid", row="r",
+            metrics={key: 1.0}))
 
     a = write("a", "fid_indomain")
     assert detector_kind([a]) == "indomain" and detector_kind([]) is None

@@ -2,7 +2,24 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
+
+# What the pipeline measured at smoke scale, seed 0, one thread, before the shared-foundations
+# refactor (commit cccdda7 run with OMP_NUM_THREADS=1): the refactor must not change a number.
+# Linear accuracy is per epoch on 200 test images; FID is the in-domain one.
+PINNED_GAN = {"best": {"step": 10, "fid_indomain": 4.666577600414392},
+              "final": {"step": 20, "fid_indomain": 7.24607250552274, "is_indomain": 1.5061899522614102}}
+PINNED_CURVES = {  # run -> linear_test_acc at epochs 1, 2
+    "adam_fake0_seed0": (7.500000298023224, 10.999999940395355),
+    "adam_fake2500_seed0": (9.000000357627869, 11.500000208616257),
+    "adam_fake5000_seed0": (9.000000357627869, 12.999999523162842),
+    "adam_fake10000_seed0": (11.999999731779099, 12.999999523162842),
+    "lars_fake0_seed0": (5.499999970197678, 9.49999988079071),
+    "lars_fake2500_seed0": (7.999999821186066, 12.999999523162842),
+    "lars_fake5000_seed0": (9.49999988079071, 11.500000208616257),
+    "lars_fake10000_seed0": (12.999999523162842, 12.999999523162842),
+}
 
 
 
@@ -35,3 +52,11 @@ def test_gan_simclr_pipeline_at_smoke_scale(smoke_project, dvc, data_root):
     assert set(claims["verdicts"].values()) == {"inconclusive"}  # one seed: never a verdict
     assert json.loads((results / "gan_quality.json").read_text())["fid_label"] == gan["fid_label"]
     assert "up to date" in dvc(["status", "papers/gan_simclr/dvc.yaml"], project).stdout
+
+    # the same numbers as before the refactor (PINNED_*), and the run says how it was made
+    assert gan["best"] == pytest.approx(PINNED_GAN["best"], rel=1e-9)
+    assert {k: gan["final"][k] for k in PINNED_GAN["final"]} == pytest.approx(PINNED_GAN["final"], rel=1e-9)
+    for run, accs in PINNED_CURVES.items():
+        record = json.loads((out / "pretrain" / run / "metrics.json").read_text())
+        assert [p["linear_test_acc"] for p in record["curve"]] == pytest.approx(accs, rel=1e-9), run
+        assert record["provenance"]["threads"] == 1 and record["provenance"]["device"] == "cpu"

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from papers.gan_simclr import report
-from shared.tracking import load_reported
+from shared import records
+from shared.comparison import load_reported
 
 from shared.config import REPO_ROOT
 
@@ -34,13 +35,11 @@ def write_run(directory: Path, optimizer: str, fakes: int, seed: int, base: floa
     curve = [{"epoch": e, "linear_test_acc": base + e + OFFSET[seed]} for e in epochs]
     row = f"{optimizer}_fake{fakes}"
     path = directory / f"{row}_seed{seed}" / "metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "paper": "gan_simclr", "table": "table1", "row": row, "scale": scale, "seed": seed,
-        "metrics": {"linear_eval_acc": curve[-1]["linear_test_acc"]},
-        "fake_count": fakes, "real_count": 5000, "optimizer": optimizer, "epochs": epochs[-1],
-        "steps": 100, "curve": curve, "gan": {"fid_indomain": 80.2}, "command": "test", "commit": "abc"}))
-    return path
+    return records.write(path, records.MetricsRecord(
+        paper="gan_simclr", stage="pretrain", table="table1", row=row, scale=scale, seed=seed,
+        metrics={"linear_eval_acc": curve[-1]["linear_test_acc"]}, provenance={"command": "test", "commit": "abc"},
+        extra={"fake_count": fakes, "real_count": 5000, "optimizer": optimizer, "epochs": epochs[-1],
+               "steps": 100, "curve": curve}))
 
 
 def write_grid(directory: Path, seeds=(0, 1, 2), base=BASE, optimizers=("adam", "lars")) -> Path:
@@ -57,8 +56,13 @@ def full(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
     metrics = write_grid(tmp / "pretrain")
     (metrics / "adam_fake0_seed3").mkdir()
-    (metrics / "adam_fake0_seed3" / "metrics.json").write_text('{"skipped": "seed 3 is not run"}')
+    records.write(metrics / "adam_fake0_seed3" / "metrics.json", records.MetricsRecord(
+        paper="gan_simclr", stage="pretrain", scale="mini", seed=3, skipped="seed 3 is not run"))
     return report.make_report(REPORTED, metrics, "mini", tmp / "out"), tmp / "out"
+
+
+def _figure4(rep) -> dict:
+    return json.loads(rep.paths["figure4.json"].read_text())["optimizers"]
 
 
 def _is_png(path: Path) -> bool:
@@ -95,7 +99,7 @@ def test_reported_yaml_is_table1_as_printed():
 
 def test_table_is_numpy_mean_and_std_over_seeds(full):
     rep, out = full
-    rows = {r.id: r for r in rep.comparison.rows}
+    rows = {r.id: r for r in rep.comparisons["table1"].rows}
     for optimizer, bases in BASE.items():
         for fakes, b in bases.items():
             finals = np.array([b + 12 + OFFSET[s] for s in (0, 1, 2)])
@@ -120,7 +124,7 @@ def test_figures_are_pngs(full):
 def test_figure4_reads_each_setup_at_equal_compute(full):
     rep, out = full
     saved = json.loads((out / "figure4.json").read_text())
-    assert saved["optimizers"] == json.loads(json.dumps(rep.figure4))
+    assert saved["paper"] == "gan_simclr" and saved["scale"] == "mini" and "commit" in saved
     # 12 baseline epochs; (5000 + Nf) / 5000 times the images per epoch -> 12, 8, 6, 4 epochs
     want_epoch = {0: 12, 2500: 8, 5000: 6, 10000: 4}
     for optimizer, bases in BASE.items():
@@ -158,9 +162,9 @@ def test_missing_rows_do_not_break_the_figures(tmp_path):
             write_run(metrics, "adam", fakes, seed, BASE["adam"][fakes])
     rep = report.make_report(REPORTED, metrics, "mini", tmp_path / "out")
     assert _is_png(tmp_path / "out" / "figure3.png") and _is_png(tmp_path / "out" / "figure4.png")
-    status = {r.id: r.status for r in rep.comparison.rows}
+    status = {r.id: r.status for r in rep.comparisons["table1"].rows}
     assert status["adam_fake0"] == "ok" and status["lars_fake0"] == status["adam_fake10000"] == "not run"
-    assert rep.figure4["adam"]["by_fake_count"]["5000"]["epoch"] == 6
+    assert _figure4(rep)["adam"]["by_fake_count"]["5000"]["epoch"] == 6
     verdicts = {c["id"]: c for c in rep.claims}
     assert all(c["verdict"] == "inconclusive" and "not run" in c["reason"] for c in verdicts.values())
 
@@ -230,7 +234,7 @@ def test_claims_json_from_the_full_grid(full):
 def test_single_seed_is_inconclusive(tmp_path):
     rep = report.make_report(REPORTED, write_grid(tmp_path / "m", seeds=(0,)), "mini", tmp_path / "out")
     assert {c["verdict"] for c in rep.claims} == {"inconclusive"}
-    assert all(r.reproduced_std is None for r in rep.comparison.rows)
+    assert all(r.reproduced_std is None for r in rep.comparisons["table1"].rows)
 
 
 # ---------------------------------------------------------------- failing loudly

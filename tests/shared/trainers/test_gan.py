@@ -1,4 +1,5 @@
-"""GAN losses against naive formulas, gradients per step, lazy R1, EMA, and the GAN trainer end to end."""
+"""GAN losses against naive formulas, gradients per step, lazy R1, EMA, the GAN trainer end to end, and
+conditional GANs: k-NN neighbourhoods against scikit-learn, what the class / instance providers hand to D and G."""
 import math
 
 import numpy as np
@@ -6,11 +7,17 @@ import pytest
 import torch
 from PIL import Image
 
+import torch.nn.functional as F
+from sklearn.neighbors import NearestNeighbors
+
 from shared.data import DeviceLoader
-from shared.gan_losses import GANMethod, identity, nonsaturating, ns_d_loss, ns_g_loss, r1_penalty
+from shared.gan_losses import (GANMethod, hinge, hinge_d_loss, hinge_g_loss, identity, nonsaturating, ns_d_loss,
+                               ns_g_loss, r1_penalty)
+from shared.models.conditional import conditional_gan
 from shared.models.stylegan2 import stylegan2_cifar
 from shared.tracking import NullLogger
-from shared.trainers.gan import (GANConfig, d_step, ema_beta, g_step, image_grid, r1_on_reals, sample_images,
+from shared.trainers.gan import (ClassConditions, GANConfig, InstanceConditions, d_step, ema_beta, fid_evaluate,
+                                 g_step, image_grid, knn_neighbourhoods, r1_on_reals, sample_images, to_model_range,
                                  train_gan, update_ema)
 from shared.trainers.ssl import NonFiniteLossError
 
@@ -22,10 +29,17 @@ def tiny_gan(seed=0):
     return stylegan2_cifar("smoke", resolution=16)
 
 
-def tiny_loader(n=16, seed=0):
+def tiny_loader(n=16, seed=0, y=None):
+    """(x, y, index) batches of 4 random 16x16 images."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
-    return DeviceLoader(x, torch.zeros(n, dtype=torch.long), batch_size=4, drop_last=True, seed=seed)
+    y = torch.zeros(n, dtype=torch.long) if y is None else y
+    return DeviceLoader(x, y, batch_size=4, drop_last=True, seed=seed)
+
+
+def tiny_conditional_gan(seed=0, **condition):
+    torch.manual_seed(seed)
+    return conditional_gan("sndcgan", width=1 / 16, z_dim=8, embed_dim=4, resolution=16, **condition)
 
 
 def tiny_cfg(**kw):
@@ -45,6 +59,38 @@ def test_nonsaturating_losses_match_the_log_sigmoid_form():
     assert ns_g_loss(torch.tensor(fake)).item() == pytest.approx(g, rel=1e-6)
     # softplus stays finite where log(sigmoid) underflows
     assert math.isfinite(ns_d_loss(torch.tensor([-200.0]), torch.tensor([200.0])).item())
+
+
+def test_hinge_losses_match_the_formula():
+    real, fake = [0.3, -1.2, 2.0, 1.0], [-0.5, 0.8, -1.5]
+    d = sum(max(0.0, 1 - r) for r in real) / 4 + sum(max(0.0, 1 + f) for f in fake) / 3
+    g = -sum(fake) / 3
+    assert hinge_d_loss(torch.tensor(real), torch.tensor(fake)).item() == pytest.approx(d, rel=1e-6)
+    assert hinge_g_loss(torch.tensor(fake)).item() == pytest.approx(g, rel=1e-6)
+    assert hinge_d_loss(torch.tensor(real, dtype=torch.bfloat16), torch.tensor(fake)).dtype == torch.float32
+
+
+def test_hinge_method_names_policies_and_conditions():
+    assert hinge().name == "hinge" and hinge().augment is identity
+    assert hinge("translation, cutout").name == "hinge+diffaugment[translation,cutout]"
+    with pytest.raises(ValueError, match="unknown DiffAugment policy"):
+        hinge("rotate")
+    a = torch.randn(3, 4, 4)
+    seen = []
+
+    def D(x, c=None):  # linear in x, plus a per-condition offset when conditional
+        seen.append(c)
+        return (x * a).sum(dim=(1, 2, 3)) + (0 if c is None else c.float())
+
+    real, fake = torch.randn(2, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    loss, logs = hinge().d_loss(D, real, fake, identity)
+    torch.testing.assert_close(loss, hinge_d_loss(D(real), D(fake)))
+    assert seen[:2] == [None, None] and logs["d/loss"] == pytest.approx(loss.item())
+    c_real, c_fake = torch.tensor([1, 2]), torch.tensor([0, 1, 0, 1, 0])
+    loss, _ = hinge().d_loss(D, real, fake, identity, c_real=c_real, c_fake=c_fake)
+    torch.testing.assert_close(loss, hinge_d_loss(D(real, c_real), D(fake, c_fake)))
+    loss, _ = nonsaturating("").g_loss(D, fake, identity, c_fake=c_fake)
+    torch.testing.assert_close(loss, ns_g_loss(D(fake, c_fake)))
 
 
 def test_r1_matches_the_closed_form_of_a_linear_and_a_quadratic_discriminator():
@@ -239,3 +285,136 @@ def test_warmup_ramps_both_learning_rates_linearly_and_resumes(tmp_path):
     assert state["opt_g"]["param_groups"][0]["lr"] == pytest.approx(0.004 * 0.75)
     assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(0.002 * 0.75)
     assert state["sched_g"]["last_epoch"] == 2 and state["sched_d"]["last_epoch"] == 2
+
+
+# ---------------------------------------------------------------- conditional GANs
+
+def test_knn_neighbourhoods_match_scikit_learn_brute_force():
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    scaled = features * torch.rand(40, 1, generator=g, dtype=torch.float64) * 10  # cosine ignores the norms
+    k = 5
+    _, expected = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(
+        features.numpy()).kneighbors(features.numpy())
+    assert (expected[:, 0] == np.arange(40)).all()  # scikit-learn lists each point first
+    ours = knn_neighbourhoods(scaled, k, chunk_size=7)  # chunks that do not divide N
+    assert ours.dtype == torch.long and ours.shape == (40, k)
+    np.testing.assert_array_equal(ours.numpy(), expected[:, 1:])
+    np.testing.assert_array_equal(knn_neighbourhoods(scaled, k, chunk_size=64, include_self=True).numpy(),
+                                  expected[:, :k])
+    with pytest.raises(ValueError, match="k <= N - 1"):
+        knn_neighbourhoods(features, 40)
+
+
+def _record_calls(module, calls):
+    """Record (module, args) of every forward call, for the modules deep-copied from it (G_ema) too."""
+    module.register_forward_pre_hook(lambda m, args: calls.append((m, [a.detach().clone() for a in args])))
+
+
+def test_class_conditions_give_d_and_g_the_batch_labels(tmp_path):
+    G, D = tiny_conditional_gan(n_classes=4)
+    g_calls, d_calls = [], []
+    _record_calls(G, g_calls)
+    _record_calls(D, d_calls)
+    y = torch.tensor([3, 1, 0, 2, 2, 0, 1, 3])
+    loader = tiny_loader(n=8, y=y)
+    cfg = tiny_cfg(steps=1, mirror=False, r1_interval=1, style_mixing_prob=0.0, n_sample_grid=6)
+    train_gan(cfg, G, D, hinge(), loader, out_dir=tmp_path, logger=NullLogger(), device=CPU, z_dim=G.z_dim,
+              condition=ClassConditions(4), progress=False)
+    loader.set_epoch(0)
+    x0, y0, _ = next(iter(loader))
+    # D: the real forward, the fake forward, R1 on the reals, then the G step's fake forward
+    assert len(d_calls) == 4 and all(m is D for m, _ in d_calls)
+    torch.testing.assert_close(d_calls[0][1][0], to_model_range(x0, CPU))
+    for _, (x, c) in d_calls:
+        assert torch.equal(c, y0)
+    # G: the D step's fakes, the G step's fakes (both with the batch's labels), then the grid from G_ema
+    own = [args for m, args in g_calls if m is G]
+    assert len(own) == 2 and all(torch.equal(c, y0) for _, c in own)
+    grid = [args for m, args in g_calls if m is not G]
+    assert torch.equal(torch.cat([c for _, c in grid]), torch.tensor([0, 1, 2, 3, 0, 1]))  # fixed(): cycled classes
+
+
+def test_instance_conditions_give_d_neighbours_and_both_the_instance_features(tmp_path):
+    loader = tiny_loader(n=12)
+    images = loader.x
+    features = torch.randn(12, 5, generator=torch.Generator().manual_seed(1))
+    provider = InstanceConditions(images, features, k=3, chunk_size=5)
+    h = F.normalize(features, dim=1)
+    assert torch.equal(provider.neighbours, knn_neighbourhoods(features, 3))
+    G, D = tiny_conditional_gan(instance_dim=5)
+    g_calls, d_calls = [], []
+    _record_calls(G, g_calls)
+    _record_calls(D, d_calls)
+    cfg = tiny_cfg(steps=1, mirror=False, r1_gamma=0.0, style_mixing_prob=0.0)
+    train_gan(cfg, G, D, hinge(), loader, out_dir=tmp_path, logger=NullLogger(), device=CPU, z_dim=G.z_dim,
+              condition=provider, progress=False)
+    loader.set_epoch(0)
+    _, _, index = next(iter(loader))
+    reals, c_real = d_calls[0][1]
+    flat = to_model_range(images, CPU).flatten(1)
+    for b, i in enumerate(index.tolist()):
+        j = int((flat == reals[b].flatten()).all(dim=1).nonzero())  # which image D saw as real
+        assert j in provider.neighbours[i].tolist() and j != i, f"instance {i}: real {j} is not a neighbour"
+    torch.testing.assert_close(c_real, h[index])
+    for m, (x, c) in d_calls[1:] + [(m, args) for m, args in g_calls if m is G]:
+        torch.testing.assert_close(c, h[index])  # fakes G(z, h_i), judged as D(G(z, h_i), h_i)
+
+
+def test_instance_conditions_draw_every_neighbour_and_need_indices():
+    images = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8)
+    provider = InstanceConditions(images, torch.randn(10, 4), k=3)
+    index = torch.zeros(600, dtype=torch.long)
+    torch.manual_seed(0)
+    real, c_real, c_fake = provider.sample((images[index], index, index), CPU)
+    picked = [int((images == r).flatten(1).all(dim=1).nonzero()) for r in real]
+    counts = np.bincount(picked, minlength=10)
+    assert set(np.flatnonzero(counts)) == set(provider.neighbours[0].tolist())
+    assert counts.max() < 250  # uniform over 3: ~200 each
+    assert torch.equal(c_real, c_fake) and torch.allclose(c_real.norm(dim=1), torch.ones(600))
+    with pytest.raises(ValueError, match=r"need \(x, y, index\)"):
+        provider.sample((images[:2], torch.zeros(2, dtype=torch.long)), CPU)
+    with pytest.raises(ValueError, match="one feature row per image"):
+        InstanceConditions(images, torch.randn(9, 4), k=3)
+    fixed = provider.fixed(4, seed=7, device=CPU)
+    assert torch.equal(fixed, provider.fixed(4, seed=7, device=CPU)) and fixed.shape == (4, 4)
+
+
+def test_conditional_sampling_and_fid_evaluate_use_the_conditions():
+    G, _ = tiny_conditional_gan(n_classes=4)
+    provider = ClassConditions(4)
+    state = torch.get_rng_state()
+    a = sample_images(G, 6, 4, seed=3, device=CPU, c=provider.fixed(6, 3, CPU))
+    assert torch.equal(torch.get_rng_state(), state) and a.shape == (6, 3, 16, 16)
+    assert torch.equal(a, sample_images(G, 6, 4, seed=3, device=CPU, c=provider.fixed(6, 3, CPU)))
+    assert not torch.equal(a, sample_images(G, 6, 4, seed=3, device=CPU, c=torch.tensor([3, 2, 1, 0, 3, 2])))
+    with pytest.raises(ValueError, match="one condition per image"):
+        sample_images(G, 6, 4, seed=3, device=CPU, c=torch.tensor([0, 1]))
+
+    class Scorer:
+        def score(self, images):
+            self.images = images
+            return {"fid": 1.0}
+
+    scorer = Scorer()
+    assert fid_evaluate(scorer, 6, 4, CPU, condition=provider)(G, 3) == {"fid": 1.0}
+    assert torch.equal(scorer.images, a)
+
+
+def test_conditional_resumed_training_is_bit_identical(tmp_path):
+    loader = tiny_loader(n=12)
+    features = torch.randn(12, 5, generator=torch.Generator().manual_seed(1))
+
+    def run(out_dir, steps, seed=0):
+        G, D = tiny_conditional_gan(seed, instance_dim=5)
+        cfg = tiny_cfg(steps=steps, checkpoint_every=2, r1_interval=2, style_mixing_prob=0.0)
+        result = train_gan(cfg, G, D, hinge(), tiny_loader(n=12), out_dir=out_dir, logger=NullLogger(), device=CPU,
+                           z_dim=G.z_dim, condition=InstanceConditions(loader.x, features, k=3), progress=False)
+        return {**{f"G_ema.{k}": v for k, v in result.G_ema.state_dict().items()},
+                **{f"D.{k}": v for k, v in D.state_dict().items()}}
+
+    straight = run(tmp_path / "a", 5)  # 5 steps over 3 batches an epoch
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 5, seed=1)
+    for name, p in straight.items():
+        assert torch.equal(p, resumed[name]), f"{name} differs after resuming"
