@@ -71,10 +71,10 @@ class SimCLRViewConfig:
         if self.crop_scale[1] > 1:
             raise ValueError(f"crop_scale max must be <= 1, got {self.crop_scale!r}")
         for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "solarize_threshold"):
-            _check_range(name, getattr(self, name), 0.0, 1.0)
+            check_range(name, getattr(self, name), 0.0, 1.0)
         for name in ("brightness", "contrast", "saturation"):
-            _check_range(name, getattr(self, name), 0.0, math.inf)
-        _check_range("hue", self.hue, 0.0, 0.5)
+            check_range(name, getattr(self, name), 0.0, math.inf)
+        check_range("hue", self.hue, 0.0, 0.5)
         if not self.blur_kernel_frac > 0:
             raise ValueError(f"blur_kernel_frac must be > 0, got {self.blur_kernel_frac!r}")
 
@@ -88,7 +88,8 @@ class SimCLRViewConfig:
         return cls(**{**fields, **overrides})
 
 
-def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+def check_range(name: str, value: float, lo: float, hi: float) -> None:
+    """Raise a ValueError naming `name` unless `value` is a number (not a bool) in [lo, hi]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
         raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
 
@@ -157,7 +158,7 @@ def random_resized_crop(x: Tensor, scale: tuple[float, float], ratio: tuple[floa
     `grid_sample`, bilinear with align_corners=False.
     """
     _check_images(x)
-    _check_range("flip_p", flip_p, 0.0, 1.0)
+    check_range("flip_p", flip_p, 0.0, 1.0)
     b, c, height, width = x.shape
     if out_size is None:
         out_size = (height, width)
@@ -179,7 +180,7 @@ def random_resized_crop(x: Tensor, scale: tuple[float, float], ratio: tuple[floa
 def random_horizontal_flip(x: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
     """Mirror each sample left-right with probability `p`; exact (no resampling), unlike a crop with flip."""
     _check_images(x)
-    _check_range("p", p, 0.0, 1.0)
+    check_range("p", p, 0.0, 1.0)
     hit = _coin(x.shape[0], p, x, generator).view(-1, 1, 1, 1)
     return torch.where(hit, x.flip(-1), x)
 
@@ -260,9 +261,9 @@ def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: floa
     """
     _check_images(x)
     for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
-        _check_range(name, value, 0.0, math.inf)
-    _check_range("hue", hue, 0.0, 0.5)
-    _check_range("p", p, 0.0, 1.0)
+        check_range(name, value, 0.0, math.inf)
+    check_range("hue", hue, 0.0, 0.5)
+    check_range("p", p, 0.0, 1.0)
     factors, position = _jitter_params(x.shape[0], brightness, contrast, saturation, hue, p, x, generator)
     jittered = (factors != x.new_tensor(_JITTER_IDENTITY)).any(dim=1)
     for k in range(4):
@@ -276,7 +277,7 @@ def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: floa
 def random_grayscale(x: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
     """Replace each RGB sample by its grayscale (kept as C channels) with probability `p`."""
     _check_images(x)
-    _check_range("p", p, 0.0, 1.0)
+    check_range("p", p, 0.0, 1.0)
     hit = _coin(x.shape[0], p, x, generator).view(-1, 1, 1, 1)
     return torch.where(hit, _grayscale(x).expand_as(x), x)
 
@@ -289,7 +290,7 @@ def gaussian_blur(x: Tensor, p: float, sigma: tuple[float, float], kernel_size: 
     reflect padding; unblurred samples get a delta kernel.
     """
     _check_images(x)
-    _check_range("p", p, 0.0, 1.0)
+    check_range("p", p, 0.0, 1.0)
     b, c, height, width = x.shape
     if kernel_size < 1 or kernel_size % 2 == 0 or kernel_size // 2 >= min(height, width):
         raise ValueError(f"kernel_size must be odd with kernel_size // 2 < the image side "
@@ -313,7 +314,7 @@ def gaussian_blur(x: Tensor, p: float, sigma: tuple[float, float], kernel_size: 
 def solarize(x: Tensor, p: float, threshold: float, generator: torch.Generator | None = None) -> Tensor:
     """Invert pixels >= `threshold` (x -> 1 - x) in each sample with probability `p`."""
     _check_images(x)
-    _check_range("p", p, 0.0, 1.0)
+    check_range("p", p, 0.0, 1.0)
     if p == 0:
         return x
     hit = _coin(x.shape[0], p, x, generator).view(-1, 1, 1, 1)
