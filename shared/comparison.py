@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from shared.config import REPO_ROOT, SCALES
+from shared.config import COMMITTED_SCALES, REPO_ROOT, SCALES
 from shared.io import atomic_write_text
 from shared.provenance import provenance
 from shared.tracking import MLflowLogger
@@ -292,8 +292,10 @@ def log_comparison(comparison: Comparison, tracking_uri: str | None = None,
 RESULTS = ("papers/*/results",)  # where papers commit their results: <results>/<scale>/
 
 
-def results_dirs(patterns: Iterable[str] = RESULTS, root: str | Path | None = None) -> list[Path]:
-    """The committed results folders `<results>/<scale>/` named by `patterns`.
+def results_dirs(patterns: Iterable[str] = RESULTS, root: str | Path | None = None,
+                 scales: Iterable[str] = COMMITTED_SCALES) -> list[Path]:
+    """The committed results folders `<results>/<scale>/` named by `patterns`, for `scales` only
+    (default: the scales the repository commits, so local smoke results are passed over).
 
     A pattern is a glob relative to `root` (default: the repository) or absolute; a match is a
     results folder whose sub-folders are scales (or hold scales, as `sweeps/<scale>`), or a scale
@@ -317,7 +319,8 @@ def results_dirs(patterns: Iterable[str] = RESULTS, root: str | Path | None = No
                     found.update(nested)  # a kind of result with its own scales, e.g. results/sweeps/mini
                 else:
                     raise ValueError(f"{sub}: results folders are named by scale ({', '.join(SCALES)})")
-    return sorted(found, key=lambda d: (d.parent.as_posix(), SCALES.index(d.name)))
+    keep = set(scales)
+    return sorted((d for d in found if d.name in keep), key=lambda d: (d.parent.as_posix(), SCALES.index(d.name)))
 
 
 def display_path(path: Path, root: str | Path | None = None) -> str:

@@ -29,6 +29,9 @@ import yaml
 from shared.io import atomic_write_text
 
 SCALES = ("smoke", "mini", "paper")
+# Scales whose results the repository commits (papers/*/results/<scale>/); smoke results stay local
+# (ignored by git), so a smoke run never changes the committed tree or the scorecard.
+COMMITTED_SCALES = ("mini", "paper")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 

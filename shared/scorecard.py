@@ -158,8 +158,8 @@ def scorecard(claims_files: Iterable[str | Path], root: str | Path | None = None
 
 
 def claims_files(patterns: Iterable[str] = RESULTS, root: str | Path | None = None) -> list[Path]:
-    """Every `<results>/<scale>/claims.json` (see shared.comparison.results_dirs), papers in name
-    order, scales smoke, mini, paper."""
+    """Every `<results>/<scale>/claims.json` of a committed scale (mini, paper; see
+    shared.comparison.results_dirs), papers in name order, then scales in order."""
     return [d / "claims.json" for d in results_dirs(patterns, root) if (d / "claims.json").is_file()]
 
 

@@ -30,7 +30,7 @@ ALPHA = {  # the shape gan_simclr's report stage writes, plus the optional `repo
          "verdict": "inconclusive", "reported": {"0": 75.51, "5": {"mean": 76.7, "std": 0.29}}},
     ],
 }
-BETA = {"paper": "beta", "scale": "smoke",
+BETA = {"paper": "beta", "scale": "paper",
         "claims": [{"id": "t1", "claim": "ContraD lowers FID", "verdict": "does not hold",
                     "numbers": {"fid": 12.0}}]}
 
@@ -39,10 +39,10 @@ EXPECTED = """\
 |---|---|---|---|---|---|
 | alpha | (a) more fakes help | 64.86 -> 70.323 | table1 rows: 0: 34.10 ± 0.35; 10: 36.60 ± 0.085 (mini, n=2 seeds) | **holds** at mini: +2.50 > 0.36 | holds if mean(10) - mean(0) > combined std |
 | alpha | (b) A \\| B is best | 0: 75.51; 5: 76.70 ± 0.29 | 0: 40.00 (n=1); 5: 41.00 ± 1.00 (n=3); 10: not run (mini) | **inconclusive** at mini |  |
-| beta | (t1) ContraD lowers FID | not given | fid: 12.00 (smoke) | **does not hold** at smoke |  |
+| beta | (t1) ContraD lowers FID | not given | fid: 12.00 (paper) | **does not hold** at paper |  |
 
 - `papers/alpha/results/mini/claims.json` (alpha, scale mini), made by `papers/alpha/report.py --scale mini` at commit `abc123`. rules are the suite's.
-- `papers/beta/results/smoke/claims.json` (beta, scale smoke).
+- `papers/beta/results/paper/claims.json` (beta, scale paper).
 """
 
 
@@ -68,7 +68,7 @@ def readme(root: Path, body: str = "old digest\n") -> Path:
 
 
 def test_scorecard_matches_hand_written_table(root):
-    files = [root / "papers/alpha/results/mini/claims.json", root / "papers/beta/results/smoke/claims.json"]
+    files = [root / "papers/alpha/results/mini/claims.json", root / "papers/beta/results/paper/claims.json"]
     assert scorecard(files, root) == EXPECTED
 
 
@@ -130,3 +130,11 @@ def test_repository_readme_scorecard_is_up_to_date():
     """The README's scorecard is what the committed claims.json files give; if this fails, run
     `python -m shared.scorecard --write README.md`."""
     assert main(["--check", str(REPO / "README.md")]) == 0
+
+
+def test_local_smoke_results_never_reach_the_scorecard(root, capsys):
+    target = readme(root)
+    assert main(["--write", str(target), "--root", str(root)]) == 0
+    write_claims(root, {**BETA, "paper": "gamma", "scale": "smoke"})  # a smoke run's results, left locally
+    assert main(["--check", str(target), "--root", str(root)]) == 0
+    assert "gamma" not in target.read_text()
