@@ -43,7 +43,8 @@ def seed_everything(seed: int) -> None:
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """``torch.save`` through a temp file in the same folder, fsync, then ``os.replace``.
 
-    A run killed mid-write leaves the previous checkpoint intact, never a truncated one. The state
+    A run killed mid-write, or a full disk, leaves the previous checkpoint intact, never a truncated
+    one or a temp file; the ``OSError`` names ``path`` (:mod:`shared.io`). The state
     is serialised into memory first: ``torch.save`` to a named file embeds the file's (random temp)
     name, so two identical runs would write different bytes.
     """
@@ -61,8 +62,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         # weights_only=False: the state holds RNG tuples and numpy arrays, written by this suite.
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), "")  # one line
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err}); "
+            f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {reason}); "
             f"delete it to restart the stage from scratch") from err
 
 

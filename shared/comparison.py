@@ -3,7 +3,9 @@
 A paper's ``reported.yaml`` (:func:`load_reported`) holds its numbers; the stages' metrics files
 (:func:`collect_reproduced`) hold the suite's, one file per (row, seed) at one scale. :func:`compare`
 writes the table as Markdown and JSON (the :class:`Comparison` schema, the one owner of the
-results table) and :func:`log_comparison` logs it to MLflow as run ``compare/<table>/<scale>``.
+results table) and :func:`log_comparison` logs it to MLflow as run ``compare/<table>/<scale>``;
+:func:`log_claims` logs a report's ``claims.json`` as run ``claims/<scale>``. Each such run is a
+snapshot of files: a newer one replaces the older runs of its (paper, table, scale) or (paper, scale).
 Committed results live in ``<results>/<scale>/`` folders (:func:`results_dirs`).
 
 CLI: ``python -m shared.tracking compare ...`` (see :mod:`shared.tracking.__main__`).
@@ -14,6 +16,7 @@ import dataclasses
 import glob
 import json
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from shared import tracking
 from shared.config import COMMITTED_SCALES, REPO_ROOT, SCALES
 from shared.io import atomic_write_text
 from shared.provenance import provenance
@@ -264,11 +268,19 @@ def log_comparison(comparison: Comparison, tracking_uri: str | None = None,
     """Log a comparison as run `compare/<table>/<scale>` in the paper's experiment; returns its id.
 
     Metrics: reported/<row> for every row, reproduced/<row> and delta/<row> for rows that ran.
-    Tags: paper, table, scale, kind=comparison, then `tags` (which win).
+    Tags: paper, table, scale, kind=comparison, the Markdown table as the run's description
+    (`mlflow.note.content`), then `tags` (which win). Artifacts: the table's .md and .json and
+    `extra_artifacts`.
+
+    One run per (paper, table, scale): the new run replaces (deletes) every other active run with
+    those tags, whoever logged it. Replaced rather than reopened because the run is a snapshot of
+    the table: reopening would keep the metrics of rows that no longer ran, refuse the new command
+    and commit as params (MLflow params never change) and give each metric a second point.
     """
     c = comparison
-    all_tags = {"paper": c.paper, "table": c.table, "scale": c.scale, "kind": "comparison",
-                **(tags or {})}
+    key = {"kind": "comparison", "table": c.table, "scale": c.scale}
+    all_tags = {"paper": c.paper, **key,
+                tracking.NOTE_TAG: tracking.note(to_markdown(c), f"{c.table}.md"), **(tags or {})}
     with MLflowLogger(c.paper, f"compare/{c.table}/{c.scale}", all_tags, tracking_uri) as logger:
         logger.log_params({"metric": c.metric, "unit": c.unit, "source": c.source, **c.provenance})
         metrics = {}
@@ -282,7 +294,72 @@ def log_comparison(comparison: Comparison, tracking_uri: str | None = None,
         for path in [c.md_path, c.json_path, *extra_artifacts]:
             if path is not None:
                 logger.log_artifact(path)
-        return logger.run_id
+    return _replace(logger, key)
+
+
+def _replace(logger: MLflowLogger, key: Mapping[str, str]) -> str:
+    """After a snapshot run: delete the older runs of its key, update the experiment's saved views."""
+    tracking.replace_others(logger.client, logger.experiment_id, key, keep=[logger.run_id])
+    tracking.update_views(logger.client, logger.experiment_id)
+    return logger.run_id
+
+
+def _cell(text: Any) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def claims_markdown(doc: dict) -> str:
+    """A claims file's verdicts as a Markdown table (claim, verdict, reason, rule), with the command
+    and commit that made it."""
+    made = f" Made by `{doc['command']}` at commit `{doc.get('commit', 'unknown')}`." if doc.get("command") else ""
+    lines = [f"**{doc['paper']}**, scale **{doc['scale']}**: claims.{made}", "",
+             "| claim | verdict | reason | rule |", "|---|---|---|---|"]
+    for c in doc["claims"]:
+        lines.append(f"| ({_cell(c['id'])}) {_cell(c['claim'])} | **{_cell(c['verdict'])}** at {doc['scale']} | "
+                     f"{_cell(c.get('reason') or '')} | {_cell(c.get('rule') or '')} |")
+    if doc.get("note"):
+        lines += ["", _cell(doc["note"])]
+    return "\n".join(lines) + "\n"
+
+
+def log_claims(claims_file: str | Path, tracking_uri: str | None = None, tags: Mapping | None = None,
+               markdown: str | None = None) -> str:
+    """Log a report's ``claims.json`` as run `claims/<scale>` in the paper's experiment; returns its id.
+
+    Tags paper, scale, kind=claims and verdict/<id> (holds | does not hold | inconclusive), params
+    claim/<id> and rule/<id>, a claim's real-valued fields (difference, combined_std, ...; not
+    setup names such as runner_up=5000) as metrics <field>/<id>; `markdown` (default: the verdict
+    table of :func:`claims_markdown`) as the run's description and artifact ``claims.md``, and
+    ``claims.json``. `tags` win. One run per (paper, scale): it replaces the older ones, as
+    :func:`log_comparison` does. The file is read as it is: check it first (``shared.scorecard.load_claims``)
+    where it was not just written by the report.
+    """
+    claims_file = Path(claims_file)
+    try:
+        doc = json.loads(claims_file.read_text())
+    except json.JSONDecodeError as e:
+        raise SchemaError(f"{claims_file}: not JSON: {e}") from e
+    markdown = claims_markdown(doc) if markdown is None else markdown
+    key = {"kind": "claims", "scale": doc["scale"]}
+    all_tags = {"paper": doc["paper"], **key, tracking.NOTE_TAG: tracking.note(markdown, "claims.md"),
+                **(tags or {})}
+    with MLflowLogger(doc["paper"], f"claims/{doc['scale']}", all_tags, tracking_uri) as logger, \
+            tempfile.TemporaryDirectory() as tmp:
+        params, metrics = {}, {}
+        for c in doc["claims"]:
+            params[f"claim/{c['id']}"] = c["claim"]
+            if c.get("rule"):
+                params[f"rule/{c['id']}"] = c["rule"]
+            metrics.update({f"{k}/{c['id']}": v for k, v in c.items() if isinstance(v, float)})
+        logger.log_params(params)
+        logger.set_tags({f"verdict/{c['id']}": c["verdict"] for c in doc["claims"]})
+        if metrics:
+            logger.log_metrics(metrics)
+        md = Path(tmp) / "claims.md"
+        md.write_text(markdown)
+        for path in (claims_file, md):
+            logger.log_artifact(path)
+    return _replace(logger, key)
 
 
 # ---------------------------------------------------------------- where results are committed

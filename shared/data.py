@@ -23,10 +23,18 @@ index within a split: the npz's ``labels`` array, or the sorted (alphabet, chara
 a folder tree (torchvision itself uses unsorted ``os.listdir`` order, which we do not follow).
 Omniglot polarity: the source stores white background / black ink; we store INK = 255 and
 background = 0, so strokes are the bright, non-zero pixels models see.
+
+Integrity: a flipped byte inside a JPEG decodes without error, so every archive (a tar, Omniglot's
+npz pair) is hashed (SHA-256, streamed) before it is read. The offline copies must match
+``KNOWN_SHA256``; any other archive's hash is recorded in the prepared output's ``meta.json``, and
+preparing that output again from a changed file at the same path is refused (from a file at another
+path, a warning). Folder trees and torchvision's files are not hashed (torchvision checks its own
+downloads).
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import itertools
 import json
@@ -35,6 +43,7 @@ import os
 import pickle
 import re
 import struct
+import sys
 import tarfile
 import zipfile
 import zlib
@@ -47,7 +56,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from shared.io import atomic_write, write_temp
+from shared.io import atomic_write, replace_temp, write_temp
 
 ENV_VAR = "REPRO_DATA_DIR"
 DEFAULT_DOWNLOAD_DIR = Path("~/.cache/repro_suite/torchvision")
@@ -57,6 +66,21 @@ assert tuple(sorted(CIFAR10_CLASSES)) == CIFAR10_CLASSES
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
+# SHA-256 of the offline archives, transcribed from ../shared/data/README.md (its "SHA-256:" list; the
+# Omniglot pair's from the .sha256 files beside them there). tests/shared/test_data_integrity.py checks
+# this table against that README. Keys are the file's trailing path parts: a file so named is refused
+# unless its bytes hash to the value here.
+KNOWN_SHA256 = {
+    "cifar10-jpeg.tar.gz": "0bfcb68717a0ecb0d51ed61034906a773d48d424d94b766a46d7d1c55702a4d9",
+    "mnist-png.tar.gz": "10d0a1308dfe1b23076ac5011f02acd6bb4288192e4c7587819bbc01d6099f82",
+    "tinyimagenet100-jpeg.tar.gz": "ceea8d1cba1e4224be9e2bebcc51a918c823627f6fc02d6d9dbf1bc8ceb4eef7",
+    "omniglot/images_background.npz": "8bf84167413cd00beacdce3fe582f780ab538d8dbef043a6d688f2527bbce199",
+    "omniglot/images_evaluation.npz": "0b84c7ffd94c4841c0040e529c86a82eaaccb986d8eadad5673f7991b7475276",
+}
+# Read size for hashing. About 1 GB/s on the 2-core build machine (SHA-NI): 19 ms for cifar10-jpeg.tar.gz
+# (19 MB), 47 ms for tinyimagenet100-jpeg.tar.gz (48 MB), against seconds to decode the images.
+HASH_CHUNK = 1 << 20
+
 
 class DataNotFoundError(FileNotFoundError):
     """A dataset, split or prepared file is not where any of the configured ways point."""
@@ -64,6 +88,14 @@ class DataNotFoundError(FileNotFoundError):
 
 class CorruptDataError(ValueError):
     """A file was found but cannot be read as the dataset it should hold."""
+
+
+class ArchiveHashError(CorruptDataError):
+    """An archive's bytes do not hash to the SHA-256 known or recorded for it."""
+
+    def __init__(self, path: Path, expected: str, actual: str, message: str):
+        super().__init__(message)
+        self.path, self.expected, self.actual = path, expected, actual
 
 
 @dataclass(frozen=True)
@@ -197,6 +229,84 @@ def resolve(name: str, path: str | os.PathLike | None = None,
         f"  3. torchvision download into {dl} (needs internet): {notes[2]}\n"
         f"Layouts: torchvision's files, an ImageFolder tree <split>/<class>/<image> or a tar of one"
         + (", or images_background.npz / images_evaluation.npz" if name == "omniglot" else ""))
+
+
+# ---------------------------------------------------------------- archive integrity
+
+def sha256_file(path: str | os.PathLike, chunk: int = HASH_CHUNK) -> str:
+    """The hex SHA-256 of a file, read ``chunk`` bytes at a time (archives reach hundreds of MB)."""
+    digest, buf = hashlib.sha256(), bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def known_sha256(path: Path) -> str | None:
+    """The offline copy's hash if ``path`` (as given, or resolved) is named like one (:data:`KNOWN_SHA256`)."""
+    for parts in (Path(path).parts, Path(path).resolve().parts):
+        for key, digest in KNOWN_SHA256.items():
+            want = tuple(key.split("/"))
+            if parts[-len(want):] == want:
+                return digest
+    return None
+
+
+def archive_files(name: str, src: Source, splits: list[str]) -> list[Path]:
+    """The single files ``splits`` of ``name`` are read from: the tar, or Omniglot's npz files.
+
+    Folder trees and torchvision's files give none (they are not hashed).
+    """
+    if src.kind == "tar":
+        return [src.path]
+    if src.kind == "npz":
+        files = [src.path / f"{_spec(name).split_dirs[s]}.npz" for s in splits]
+        return [f for f in files if f.is_file()]  # a missing one is reported by the reader
+    return []
+
+
+def verify_archives(files: list[Path], recorded: dict[str, str] | None = None,
+                    recorded_in: Path | None = None) -> list[dict]:
+    """Hash ``files``; refuse one that differs from its known or recorded SHA-256 (ArchiveHashError).
+
+    A file named like an offline copy must match :data:`KNOWN_SHA256` (``check: known``); any other
+    must match ``recorded`` (resolved path -> hash, read from ``recorded_in``) when it is there
+    (``check: recorded``). Returns ``[{"path", "sha256", "check"}]`` for ``meta.json``.
+    """
+    recorded, checked = recorded or {}, []
+    for f in files:
+        path = str(Path(f).resolve())
+        actual = sha256_file(f)
+        if (expected := known_sha256(Path(f))) is not None:
+            if actual != expected:
+                raise ArchiveHashError(Path(f), expected, actual, (
+                    f"{f}: SHA-256 mismatch, expected {expected} (the offline copy's, shared.data.KNOWN_SHA256), "
+                    f"got {actual}: the file is damaged or not the offline copy. Replace it with a fresh copy "
+                    f"of {Path(f).name} from the offline data (../shared/data, see its README.md); if it is "
+                    f"your own file, give it another name"))
+            check = "known"
+        else:
+            expected = recorded.get(path)
+            if expected is not None and actual != expected:
+                out = recorded_in.parent if recorded_in is not None else "the output"
+                raise ArchiveHashError(Path(f), expected, actual, (
+                    f"{f}: SHA-256 is {actual}, but {expected} was recorded in {recorded_in} when {out} was "
+                    f"prepared from it: the file has changed since. Restore the original file; if you "
+                    f"replaced it on purpose, delete {out} and prepare again"))
+            check = "recorded"
+        checked.append({"path": path, "sha256": actual, "check": check})
+    return checked
+
+
+def _recorded_archives(name: str, meta_path: Path) -> list[dict]:
+    """The archives an earlier :func:`prepare` of ``name`` recorded in ``meta_path`` (none if unreadable)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        archives = meta["source"]["archives"] if meta.get("dataset") == name else []
+        return [{"path": str(a["path"]), "sha256": str(a["sha256"]), "check": str(a["check"])} for a in archives]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []  # no earlier output, or one written before hashes were recorded: nothing to compare
 
 
 # ---------------------------------------------------------------- reading one split
@@ -378,7 +488,9 @@ def load_split(name: str, split: str, path=None, download_dir=None, limit_per_cl
     ``limit_per_class`` keeps the first k images of each class in sorted file order (stored
     order for torchvision's files and the npz) without decoding the rest.
     """
-    x, y, _ = _read(name, [split], resolve(name, path, download_dir), limit_per_class, progress)[split]
+    src = resolve(name, path, download_dir)
+    verify_archives(archive_files(name, src, [split]))
+    x, y, _ = _read(name, [split], src, limit_per_class, progress)[split]
     return x, y
 
 
@@ -392,14 +504,30 @@ def prepare(name: str, out_dir, path=None, download_dir=None, limit_per_class: i
             progress: bool = True) -> dict:
     """Write ``<out_dir>/<split>.npz`` (x, y, classes) for every split and ``meta.json``; return meta.
 
+    The source's archives are checked first (:func:`verify_archives`): an offline copy against its
+    known hash, any other archive against the hash an earlier prepare of ``out_dir`` recorded in its
+    ``meta.json`` (a different archive than that one is a warning). ``meta["source"]["archives"]``
+    records path, SHA-256 and check of each.
+
     Every split is read into memory before the first write, and files are staged as temp files
-    then renamed, so a failure at any point leaves ``out_dir`` as it was.
+    then renamed, so a failure while writing leaves ``out_dir`` as it was (if a rename itself fails,
+    the files of this call are removed rather than left mixed with older ones).
     """
     src = resolve(name, path, download_dir)
-    arrays = _read(name, list(_spec(name).split_dirs), src, limit_per_class, progress)
     out = Path(out_dir)
     spec = _spec(name)
-    meta = {"dataset": name, "source": {"kind": src.kind, "path": str(src.path.resolve())},
+    splits = list(spec.split_dirs)
+    previous = _recorded_archives(name, out / "meta.json")
+    archives = verify_archives(archive_files(name, src, splits), {a["path"]: a["sha256"] for a in previous},
+                               out / "meta.json")
+    before = {(a["path"], a["sha256"]) for a in previous}
+    now = {(a["path"], a["sha256"]) for a in archives}
+    if before and not before <= now:
+        print(f"warning: {out} was prepared from {', '.join(f'{p} (sha256 {h})' for p, h in sorted(before))}; "
+              f"preparing it now from {', '.join(f'{p} (sha256 {h})' for p, h in sorted(now)) or src.path}",
+              file=sys.stderr)
+    arrays = _read(name, splits, src, limit_per_class, progress)
+    meta = {"dataset": name, "source": {"kind": src.kind, "path": str(src.path.resolve()), "archives": archives},
             "limit_per_class": limit_per_class, "classes": None if spec.classes is None else list(spec.classes),
             "splits": {s: {"count": len(y), "x_shape": list(x.shape), "y_shape": list(y.shape),
                            "n_classes": len(c), "per_class": np.bincount(y).tolist()}
@@ -407,17 +535,21 @@ def prepare(name: str, out_dir, path=None, download_dir=None, limit_per_class: i
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[Path, Path]] = []
+    replaced = False
     try:
         for s, (x, y, classes) in arrays.items():
             write = lambda f, x=x, y=y, c=classes: np.savez(f, x=x, y=y, classes=np.array(c, dtype=str))
             staged.append((write_temp(out / f"{s}.npz", write), out / f"{s}.npz"))
         staged.append((write_temp(out / "meta.json", _json_bytes(meta)), out / "meta.json"))
         for tmp, final in staged:
-            os.replace(tmp, final)
+            replace_temp(tmp, final)
+            replaced = True
     except BaseException:
-        for tmp, _ in staged:
+        for tmp, final in staged:
             tmp.unlink(missing_ok=True)
-        if created and not any(out.iterdir()):
+            if replaced:  # new files beside old ones would be a dataset that never existed
+                final.unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
     return meta

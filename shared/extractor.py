@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shared import config, data, tracking
-from shared.cli import run_stage
+from shared.cli import add_debug_argument, run_stage
 from shared.detector import CorruptWeightsError, WeightsNotFoundError, check_uint8_images
 from shared.device import autocast, pick_device, prepare_batch, to_device
 from shared.io import atomic_write, atomic_write_text
@@ -351,9 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="weights file, e.g. data/extractor/cifar10.pt")
     parser.add_argument("--metrics", type=Path, help="metrics JSON (default: metrics.json beside --out)")
     parser.add_argument("--no-progress", action="store_true")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     return run_stage(lambda: train_extractor_stage(args.params, args.prepared, args.out, args.metrics,
-                                                   progress=not args.no_progress))
+                                                   progress=not args.no_progress), debug=args.debug)
 
 
 if __name__ == "__main__":

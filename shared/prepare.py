@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from shared import config, data, tracking
-from shared.cli import run_stage
+from shared.cli import add_debug_argument, run_stage
 
 @dataclasses.dataclass
 class SubsetSpec:
@@ -65,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, required=True, help="output folder (dataset) or .npy file (subset)")
     parser.add_argument("--prepared", type=Path, help="subset: the prepared dataset folder it indexes")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.what == "subset" and args.prepared is None:
         parser.error("subset needs --prepared")
     if args.what == "dataset":
-        return run_stage(lambda: prepare_dataset(args.name, args.params, args.out))
-    return run_stage(lambda: make_subset(args.name, args.params, args.prepared, args.out))
+        return run_stage(lambda: prepare_dataset(args.name, args.params, args.out), debug=args.debug)
+    return run_stage(lambda: make_subset(args.name, args.params, args.prepared, args.out), debug=args.debug)
 
 
 if __name__ == "__main__":

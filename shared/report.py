@@ -16,7 +16,7 @@ own) and hands the rest to this module::
 
 :func:`run_report` owns the command line: it refuses to write a ``papers/<p>/results/`` folder from a
 dirty tree unless ``--allow-dirty`` is given (and then records that in every file), logs the
-comparison runs with ``--log``, and prints the tables and verdicts.
+comparison and claims runs with ``--log``, and prints the tables and verdicts.
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from shared.claims import STD_NOTE
-from shared.cli import run_stage
-from shared.comparison import Comparison, log_comparison
-from shared.config import REPO_ROOT, SCALES
+from shared.cli import add_debug_argument, run_stage
+from shared.comparison import Comparison, log_claims, log_comparison
+from shared.config import COMMITTED_SCALES, REPO_ROOT, SCALES
 from shared.io import atomic_write, atomic_write_text
 from shared.provenance import provenance, tree_state
 
@@ -54,11 +54,16 @@ def seed_stats(values: Iterable[float]) -> dict:
 
 
 def is_committed_results(out: str | Path) -> bool:
-    """Whether ``out`` lies in a folder the repository commits results in (``papers/*/results``)."""
+    """Whether ``out`` is a results folder the repository commits: ``papers/<p>/results/<scale>`` of a
+    committed scale (mini, paper) or anything inside one. Smoke results stay local (ignored)."""
     out = Path(out).resolve()
     papers = (REPO_ROOT / "papers").resolve()
-    return out.is_relative_to(papers) and len(out.relative_to(papers).parts) >= 2 \
-        and out.relative_to(papers).parts[1] == "results"
+    if not out.is_relative_to(papers):
+        return False
+    parts = out.relative_to(papers).parts
+    if len(parts) < 2 or parts[1] != "results":
+        return False
+    return len(parts) == 2 or any(part in COMMITTED_SCALES for part in parts[2:])
 
 
 def check_tree(out: str | Path, allow_dirty: bool) -> dict[str, Any]:
@@ -113,9 +118,14 @@ class Report:
         return path
 
     def log(self, tracking_uri: str | None = None) -> dict[str, str]:
-        """Each comparison as an MLflow comparison run, with the report's other files as artifacts."""
+        """Each comparison as an MLflow comparison run, with the report's other files as artifacts, and
+        ``claims.json`` (once written) as the claims run (``run_ids["claims"]``). Each replaces the
+        earlier runs of its table and scale (:func:`shared.comparison.log_comparison`): logging a
+        report twice leaves one run per table and one claims run."""
         for table, c in self.comparisons.items():
             self.run_ids[table] = log_comparison(c, tracking_uri, extra_artifacts=list(self.paths.values()))
+        if (claims := self.paths.get("claims.json")) is not None:
+            self.run_ids["claims"] = log_claims(claims, tracking_uri)
         return self.run_ids
 
 
@@ -164,11 +174,11 @@ def report_parser(paper: str, doc: str | None, reported: Path | None = None) -> 
     parser.add_argument("--reported", type=Path, default=default, help="the paper's numbers, transcribed")
     parser.add_argument("--scale", required=True, choices=SCALES)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--log", action="store_true", help="log the comparison runs to MLflow")
+    parser.add_argument("--log", action="store_true", help="log the comparison and claims runs to MLflow")
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or <repo>/mlflow")
     parser.add_argument("--allow-dirty", action="store_true",
                         help="write papers/*/results/ from a tree with uncommitted changes (recorded in the files)")
-    return parser
+    return add_debug_argument(parser)
 
 
 def run_report(parser: argparse.ArgumentParser, make: Callable[[argparse.Namespace], Report],
@@ -188,5 +198,5 @@ def run_report(parser: argparse.ArgumentParser, make: Callable[[argparse.Namespa
         for table, run_id in report.run_ids.items():
             print(f"{table}: logged to MLflow run {run_id}")
 
-    return run_stage(run)  # SchemaError, RecordError and DirtyTreeError are ValueErrors
+    return run_stage(run, debug=args.debug)  # SchemaError, RecordError and DirtyTreeError are ValueErrors
 

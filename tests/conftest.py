@@ -260,3 +260,12 @@ class ImportGraph:
 def import_graph() -> ImportGraph:
     """The repository's :class:`ImportGraph` (``shared`` and ``papers``)."""
     return ImportGraph(REPO_ROOT)
+
+
+@pytest.fixture
+def snapshot():
+    """``snapshot(folder) -> {relative path: bytes}`` of every file under ``folder``."""
+    def take(folder):
+        folder = Path(folder)
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return take

@@ -83,7 +83,7 @@ def linear_eval_of_d(D: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Ten
 
 
 def run(args: argparse.Namespace) -> dict:
-    stage = start("contrad", "evaluate", suite_params=args.suite_params, out=args.out)
+    stage = start("contrad", "evaluate", suite_params=args.suite_params, out=args.out, metrics=args.metrics)
     train_cfg = stage.section(TrainStageConfig, args.params, "train")
     cfg = stage.section(EvaluateConfig, args.params, "evaluate")
     run_dir = Path(args.run)
@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"evaluate {row} seed {seed}: linear eval {acc:.2f}% over {cfg.repeats} heads ({stage.scale})")
     for name, record in written.items():
         stage.write(record, name)
+    stage.write_metrics({k: v for record in written.values() for k, v in record.metrics.items()})
     grids = sorted((run_dir / "samples").glob("step_*.png"))
     if method != "simclr" and grids:  # the last grid, for the report's sample figure
         atomic_write(stage.out / "samples.png", lambda f: f.write(grids[-1].read_bytes()))
@@ -133,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="a train stage's output folder")
     parser.add_argument("--out", required=True)
     parser.add_argument("--prepared", default="data/prepared/cifar10")
+    parser.add_argument("--metrics", default=None,
+                        help="the run's headline numbers for DVC (a flat JSON, outside --out)")
     args = parser.parse_args(argv)
-    return run_stage(lambda: run(args))
+    return run_stage(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ With --log each table becomes an MLflow comparison run (reported/…, reproduced
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from PIL import Image
 from shared import records
 from shared.claims import is_best
 from shared.comparison import Comparison, compare, load_reported
+from shared.io import atomic_write_text
 from shared.report import Report, figure, not_run, report_parser, run_report
 
 PAPER = "contrad"
@@ -140,6 +142,11 @@ def make_report(reported: Path, eval_dir: Path, scale: str, out: Path, allow_dir
     report.save_figure("samples.png", sample_figure(eval_dir, scale))
     report.write_claims("single seed (std unknown) -> inconclusive; the rules are this suite's, not the paper's; "
                         "an in-domain FID ranks methods but is not the paper's Inception FID", fid=kind)
+    # the headline numbers as flat JSON for DVC (`dvc metrics show / diff`): each row's mean, std, seeds
+    atomic_write_text(out / "summary.json", json.dumps({
+        **{t: {r.id: {"mean": r.reproduced_mean, "std": r.reproduced_std, "n": r.n} for r in c.rows if r.n}
+           for t, c in comparisons.items()},
+        "claims": {v["id"]: v["verdict"] for v in verdicts}}, indent=2) + "\n")
     return report
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -55,7 +54,8 @@ def skipped_reason(cfg: TrainStageConfig, architecture: str, method: str, seed: 
 
 
 def run(args: argparse.Namespace) -> dict | None:
-    stage = start("contrad", "train", suite_params=args.suite_params, out=args.out, trial=args.seed)
+    stage = start("contrad", "train", suite_params=args.suite_params, out=args.out, trial=args.seed,
+                  plots=args.plots)
     cfg = stage.section(TrainStageConfig, args.params, "train")
     if reason := skipped_reason(cfg, args.architecture, args.method, args.seed, stage.scale):
         return stage.skip(reason)
@@ -80,7 +80,6 @@ def run(args: argparse.Namespace) -> dict | None:
     resolved = {"architecture": args.architecture, "method": args.method, "seed": args.seed,
                 "train": config.to_dict(cfg), "fid": None if scorer is None else scorer.label}
     name = f"{args.architecture}_{args.method}"
-    started = time.perf_counter()
     with stage.tracked(resolved, f"train/{name}/seed{args.seed}", architecture=args.architecture,
                        method=args.method, row=name) as log:
         result = train_gan(train_cfg, G, D, method, loader, out_dir=stage.out, logger=log, device=device,
@@ -93,8 +92,10 @@ def run(args: argparse.Namespace) -> dict | None:
             fid_label=None if scorer is None else scorer.label, fid_samples=cfg.fid_samples,
             fid_reference="CIFAR-10 test set", reference_is=None if scorer is None else scorer.reference_is,
             best=result.best, history=result.history, steps=result.steps,
-            kimg=result.steps * cfg.train.batch_size / 1000, train_seconds=round(time.perf_counter() - started))
+            kimg=result.steps * cfg.train.batch_size / 1000,
+            train_seconds=round(result.train_seconds))  # the checkpoint's: a re-run of a finished one says the same
         stage.write(record, logger=log)
+        stage.write_plot("fid" if scorer is None else f"fid_{scorer.kind}", result.history)  # D only: none
     print(f"train {name} seed {args.seed}: best {result.best} ({stage.scale})")
     return record.to_dict()
 
@@ -106,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, required=True, help="trial index (0, 1)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--prepared", default="data/prepared/cifar10")
+    parser.add_argument("--plots", default=None, help="the run's curve for DVC (a JSON list of rows, outside --out)")
     args = parser.parse_args(argv)
-    return run_stage(lambda: run(args))
+    return run_stage(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gan", default="papers/gan_simclr/outputs/gan")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    return run_stage(lambda: run(args))
+    return run_stage(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,8 @@ def pretrain(suite: config.SuiteConfig, cfg: PretrainConfig, *, fakes: int, opti
 
 
 def run(args: argparse.Namespace) -> dict | None:
-    st = stage.start("gan_simclr", "pretrain", suite_params=args.suite_params, out=args.out, trial=args.seed)
+    st = stage.start("gan_simclr", "pretrain", suite_params=args.suite_params, out=args.out, trial=args.seed,
+                     metrics=args.metrics, plots=args.plots)
     cfg = load_config(args.params, st.scale, args.overrides)
     if args.seed >= cfg.n_seeds:
         # The DVC matrix lists the paper's 3 seeds; smaller scales run only the first n_seeds.
@@ -141,6 +142,8 @@ def run(args: argparse.Namespace) -> dict | None:
                              out=st.out, logger=log, samples=args.samples, prepared=args.prepared,
                              subset=args.subset)
         st.write(record)
+        st.write_metrics(record.metrics)
+        st.write_plot("linear_test_acc", record.extra["curve"], x="epoch")
     print(f"{row} seed {args.seed}: linear eval {record.metrics['linear_eval_acc']:.2f}% ({st.scale})")
     return record.to_dict()
 
@@ -201,10 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", default="data/subsets/cifar10_5k.npy")
     parser.add_argument("--overrides", type=Path, default=None,
                         help="params-shaped YAML merged over the pretrain section (e.g. a sweep's best_params.yaml)")
+    parser.add_argument("--metrics", default=None,
+                        help="the run's headline numbers for DVC (a flat JSON, outside --out)")
+    parser.add_argument("--plots", default=None, help="the run's curve for DVC (a JSON list of rows, outside --out)")
     args = parser.parse_args(argv)
     if args.fakes > 0 and not args.samples:
         parser.error("--samples is needed when --fakes > 0")
-    return run_stage(lambda: run(args))
+    return run_stage(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ meant (5000 / 15000 * 600 = 200), and 10000 is what is used.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import numpy as np
 from shared import records
 from shared.claims import FAILS, HOLDS, INCONCLUSIVE, STD_NOTE, combined_std, is_best
 from shared.comparison import SchemaError, compare
+from shared.io import atomic_write_text
 from shared.report import Report, band, figure, not_run, report_parser, run_report, seed_stats
 
 PAPER, TABLE = "gan_simclr", "table1"
@@ -328,6 +330,10 @@ def make_report(reported: str | Path, metrics_dir: str | Path, scale: str, out: 
     report.write_claims("single seed (std unknown) -> inconclusive; the rules are this suite's, not the paper's")
     if quality is not None:
         report.write_json("gan_quality.json", quality)
+    # the headline numbers as flat JSON for DVC (`dvc metrics show / diff`): each row's mean, std, seeds
+    atomic_write_text(out / "summary.json", json.dumps({
+        TABLE: {r.id: {"mean": r.reproduced_mean, "std": r.reproduced_std, "n": r.n} for r in comparison.rows if r.n},
+        "claims": {c["id"]: c["verdict"] for c in verdicts}}, indent=2) + "\n")
     return report
 
 

@@ -28,7 +28,8 @@ from shared.trainers.gan import fid_evaluate, train_gan
 
 
 def run(args: argparse.Namespace) -> dict:
-    stage = start("gan_simclr", "train_gan", suite_params=args.suite_params, out=args.out)
+    stage = start("gan_simclr", "train_gan", suite_params=args.suite_params, out=args.out, metrics=args.metrics,
+                  plots=args.plots)
     cfg = stage.section(GANStageConfig, args.params, "gan")
     device = stage.device
 
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> dict:
             history=result.history, steps=result.steps, kimg=result.steps * cfg.train.batch_size / 1000,
             train_images=len(subset))
         stage.write(record, logger=log)
+        stage.write_metrics(best)
+        stage.write_plot(fid_key, result.history)
     print(f"train_gan: best {fid_key} {result.best} ({scorer.label}; {stage.scale})")
     return record.to_dict()
 
@@ -69,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--prepared", default="data/prepared/cifar10")
     parser.add_argument("--subset", default="data/subsets/cifar10_5k.npy")
+    parser.add_argument("--metrics", default=None,
+                        help="the run's headline numbers for DVC (a flat JSON, outside --out)")
+    parser.add_argument("--plots", default=None, help="the run's curve for DVC (a JSON list of rows, outside --out)")
     args = parser.parse_args(argv)
-    return run_stage(lambda: run(args))
+    return run_stage(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,15 @@ from pathlib import Path
 from shared.comparison import RESULTS, compare, log_comparison
 from shared.config import SCALES
 from shared.tracking import default_tracking_uri, local_sqlite_path
-from shared.tracking.store import rebuild, ui_command
+from shared.tracking.store import links, rebuild, ui_command
+
+
+def _print_links(found: list[tuple[str, str, str]], when: str) -> None:
+    """The saved views' links: the result runs' key numbers as columns, in the model-training UI."""
+    if found:
+        print(f"saved views (open {when}):")
+        for experiment, view, url in found:
+            print(f"  {experiment}: {view}: {url}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         actions = rebuild(args.results, args.tracking_uri)
         for action, name, run_id in actions:
             print(f"{action:9s} {name}  {run_id}")
-        counts = {kind: sum(a == kind for a, _, _ in actions) for kind in ("created", "unchanged", "deleted")}
+        counts = {kind: sum(a == kind for a, _, _ in actions) for kind in ("created", "unchanged", "deleted", "skipped")}
         print(", ".join(f"{n} {kind}" for kind, n in counts.items())
               + f" in {args.tracking_uri or default_tracking_uri()}")
+        _print_links(links(args.tracking_uri), "with `python -m shared.tracking ui`")
         return 0
     if args.command == "ui":
         try:
@@ -58,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         if db is not None and not db.is_file():
             print(f"note: {db} does not exist yet; `python -m shared.tracking rebuild` loads the "
                   "committed results into it", file=sys.stderr)
+        else:
+            _print_links(links(args.tracking_uri, f"http://{args.host}:{args.port}"), "once the UI is up")
         print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl+C stops it): {' '.join(command[1:])}",
               flush=True)
         # The suite runs no server-side jobs (GenAI judges): skip MLflow's job runner process.

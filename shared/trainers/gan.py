@@ -9,6 +9,13 @@ what the uninterrupted run would have done: the checkpoint holds G, D, G_ema, bo
 optimisers, the step, the loader position (epoch, batch) and every RNG, and
 sampling and evaluation leave the RNGs as they found them.
 
+A resumed run also writes every output again, identical to the uninterrupted run's,
+even when it has no step left to train: DVC deletes a stage's outputs other than the
+persisted checkpoint before it re-runs the stage. So the checkpoint also holds the
+best G_ema (what `best.pt` is made of), the sample grids written so far (as their PNG
+bytes) and the training seconds so far; at the start the trainer makes `best.pt` and
+`samples/` what the checkpoint says (and removes those of an earlier run on a fresh start).
+
 Defaults are DiffAugment-StyleGAN2's CIFAR settings (mit-han-lab/data-efficient-gans,
 DiffAugment-stylegan2/run_cifar.py and training/{training_loop,loss}.py, TF), the
 code gan_simclr used. What the official codes do, for the record:
@@ -51,7 +58,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import math
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence
 
@@ -123,6 +132,7 @@ class GANResult:
     history: list[dict[str, float]]  # one entry per evaluation, each with its "step"
     best: dict[str, float] | None  # {"step": s, best_key: value} of the best evaluation
     steps: int
+    train_seconds: float  # wall-clock seconds of the loop up to the last checkpoint, summed over resumed runs
 
 
 # ---------------------------------------------------------------- helpers
@@ -213,10 +223,33 @@ def image_grid(images: Tensor, nrow: int) -> Tensor:
     return images.reshape(rows, nrow, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, nrow * w, c)
 
 
-def _save_png(path: Path, grid: Tensor) -> None:
+def png_bytes(grid: Tensor) -> bytes:
+    """A uint8 (H, W, C) grid encoded as PNG (grayscale for one channel)."""
     array = grid.numpy()
-    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    atomic_write(path, lambda f: image.save(f, format="PNG"))
+    buf = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_outputs(out_dir: Path, best: dict[str, float] | None, best_G_ema: dict | None,
+                  samples: dict[str, bytes]) -> None:
+    """Make `out_dir/best.pt` and `out_dir/samples/step_*.png` exactly what a checkpoint says they are.
+
+    `best.pt` is {"G_ema": best_G_ema, **best}, or absent when there is no best yet; the grids
+    are `samples` (file name -> PNG bytes) and no other. A run's outputs are then the same
+    whether it resumed or not: DVC deletes them before it re-runs a stage, and a persisted
+    folder may hold those of a run with another config.
+    """
+    best_path, sample_dir = out_dir / "best.pt", out_dir / "samples"
+    if best is None:
+        best_path.unlink(missing_ok=True)
+    else:
+        checkpoint.save(best_path, {"G_ema": best_G_ema, **best})
+    for stale in sorted(sample_dir.glob("step_*.png")):
+        if stale.name not in samples:
+            stale.unlink()
+    for name, png in samples.items():
+        atomic_write(sample_dir / name, lambda f, png=png: f.write(png))
 
 
 @torch.no_grad()
@@ -345,8 +378,10 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
     `out_dir/samples/step_XXXXXXX.png`. `evaluate(G_ema, step)` (e.g. FID) runs every
     `eval_every` steps and after the last; its metrics are logged as `eval/<name>` and
     kept in the history, and when `cfg.best_key` improves (lower is better) G_ema is
-    saved to `out_dir/best.pt`. The checkpoint `out_dir/checkpoint.pt` is resumed if present.
-    Raises NonFiniteLossError naming the step and value if a loss diverges.
+    saved to `out_dir/best.pt`. The checkpoint `out_dir/checkpoint.pt` is resumed if present,
+    and `best.pt` and `samples/` are then rewritten from it (a fresh start removes them);
+    a checkpoint from before this rule raises CheckpointError. Raises NonFiniteLossError
+    naming the step and value if a loss diverges.
     """
     out_dir = Path(out_dir)
     ckpt_path, best_path = out_dir / "checkpoint.pt", out_dir / "best.pt"
@@ -359,9 +394,15 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, warmup_factor(cfg.warmup_steps))
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, warmup_factor(cfg.warmup_steps))
     step, epoch, batches_done, history, best = 0, 0, 0, [], None
+    best_G_ema, samples, train_seconds = None, {}, 0.0  # G_ema's state at `best`; file name -> PNG bytes
 
     state = checkpoint.load(ckpt_path, map_location=device)
     if state is not None:
+        if missing := [k for k in ("best_G_ema", "samples", "train_seconds") if k not in state]:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {ckpt_path} predates resumable outputs (it has no {', '.join(map(repr, missing))}): "
+                f"a resumed run could not write best.pt and samples/ again; delete it to restart the stage "
+                f"from scratch")
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
         G_ema.load_state_dict(state["G_ema"])
@@ -371,14 +412,17 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
         sched_d.load_state_dict(state["sched_d"])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
         history, best = state["history"], state["best"]
+        best_G_ema, samples, train_seconds = state["best_G_ema"], state["samples"], state["train_seconds"]
         checkpoint.set_rng_state(state["rng"])
         print(f"resumed from {ckpt_path} at step {step}")
+    write_outputs(out_dir, best, best_G_ema, samples)
 
     G.train()
     D.train()
     reals = endless_batches(loader, epoch, batches_done)
     grid_c = None if condition is None else condition.fixed(cfg.n_sample_grid, cfg.sample_seed, device)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"gan {method.name}", unit="step", disable=not progress)
+    seconds_before, started = train_seconds, time.perf_counter()
     while step < cfg.steps:
         # ---- D: real batch, fakes without gradient, method's D loss (+ R1)
         for k in range(cfg.d_steps_per_g):
@@ -416,7 +460,8 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
                                    c=grid_c)
             grid = image_grid(images, nrow=math.ceil(math.sqrt(cfg.n_sample_grid)))
             name = f"step_{step:07d}.png"
-            _save_png(out_dir / "samples" / name, grid)
+            samples[name] = png_bytes(grid)
+            atomic_write(out_dir / "samples" / name, lambda f: f.write(samples[name]))
             logger.log_image(grid, f"samples/{name}")
         if evaluate is not None and (step % cfg.eval_every == 0 or last):
             with RNGPreserved():
@@ -426,14 +471,18 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
             value = metrics.get(cfg.best_key)
             if value is not None and (best is None or value < best[cfg.best_key]):
                 best = {"step": step, cfg.best_key: value}
-                checkpoint.save(best_path, {"G_ema": G_ema.state_dict(), **best})
+                best_G_ema = copy.deepcopy(G_ema.state_dict())  # a copy: G_ema moves on
+                checkpoint.save(best_path, {"G_ema": best_G_ema, **best})
         if step % cfg.checkpoint_every == 0 or last:
+            # The last checkpoint's seconds are the result's, so a resumed finished run reports the same.
+            train_seconds = seconds_before + time.perf_counter() - started
             checkpoint.save(ckpt_path, {
                 "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
                 "step": step, "epoch": epoch, "batches_done": batches_done, "history": history, "best": best,
+                "best_G_ema": best_G_ema, "samples": samples, "train_seconds": train_seconds,
                 "rng": checkpoint.rng_state(), "config": dataclasses.asdict(cfg),
             })
     bar.close()
-    return GANResult(G_ema=G_ema, history=history, best=best, steps=step)
+    return GANResult(G_ema=G_ema, history=history, best=best, steps=step, train_seconds=train_seconds)

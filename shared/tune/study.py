@@ -18,7 +18,7 @@ from shared import config, tracking
 from shared.config import REPO_ROOT
 from shared.provenance import provenance
 from shared.trainers.common import NonFiniteLossError
-from shared.tune.outputs import format_value, format_values, write_outputs
+from shared.tune.outputs import display_storage, format_value, format_values, write_outputs
 from shared.tune.spec import ParamSpec, Plan, PrunerConfig, Report, SamplerConfig, load_plan
 
 DEFAULT_STORAGE = f"sqlite:///{(REPO_ROOT / 'mlflow' / 'optuna.db').as_posix()}"
@@ -232,6 +232,11 @@ def run_sweep(sweep_file: Path, *, scale: str | None = None, n_trials: int | Non
         raise config.ConfigError(f"{sweep_file}: study {study_name!r} in {storage} was made with another "
                                  f"sweep ({study.user_attrs['sweep']}); name a new one with --study")
     study.set_user_attr("sweep", identity)
+    # The objective's name, so optuna-dashboard and `optuna trials` label the value (not "Objective 0").
+    if study.metric_names != [plan.cfg.objective.metric]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([plan.cfg.objective.metric])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # trials of killed workers: FAIL, retried once (WAITING)
@@ -253,11 +258,20 @@ def run_sweep(sweep_file: Path, *, scale: str | None = None, n_trials: int | Non
     print(f"study {study_name} ({storage}): {finished} finished, {running} running elsewhere, "
           f"{left} to run ({first} enqueued first, here) on {len(shares)} worker(s) at scale {scale}", flush=True)
 
+    # One MLflow run per study: a resumed or finished study's command reopens the study's run (found
+    # by its name and tags) rather than adding an empty one. Its params are what the study refuses to
+    # change (MLflow params never change); the settings a later command may change (n_trials,
+    # workers, sampler, pruner, references) are the artifact sweep.yaml and tags.
     experiment = plan.stage.paper
-    sweep_dict = {"sweep": config.to_dict(plan.cfg), "scale": scale, "study": study_name, "storage": storage,
-                  "workers": workers}
-    with tracking.stage_logger(suite, experiment, f"sweep/{study_name}", sweep_dict,
-                               **_tags(plan, study_name, kind="sweep")) as log:
+    sweep_dict = {"sweep": config.to_dict(plan.cfg), "scale": scale, "study": study_name,
+                  "storage": display_storage(storage), "workers": workers}
+    with tracking.stage_logger(suite, experiment, f"sweep/{study_name}",
+                               {"study": study_name, "storage": display_storage(storage), **identity},
+                               resume=tracking.SAME_TAGS, **_tags(plan, study_name, kind="sweep")) as log:
+        log.log_dict(sweep_dict, "sweep.yaml")
+        log.set_tags({"n_trials": plan.cfg.n_trials, "workers": workers})
+        # a summary the rebuild loaded for this study is replaced by the study's own run
+        tracking.delete_rebuilt(log, {"study": study_name, "scale": scale, "paper": plan.stage.paper})
         base_seed = plan.cfg.sampler.seed + 1000 * len(trials)  # a resumed study gets fresh random draws
         if first:
             work(str(sweep_file), scale, str(suite_params), storage, study_name, first, plan.cfg.n_trials,
@@ -291,5 +305,8 @@ def run_sweep(sweep_file: Path, *, scale: str | None = None, n_trials: int | Non
             log.log_metrics(metrics)
         for path in paths:
             log.log_artifact(path)
+        summary_md = next((p for p in paths if p.name == "summary.md"), None)
+        if summary_md is not None:
+            log.set_tags({tracking.NOTE_TAG: tracking.note(summary_md.read_text(), summary_md.name)})
     print(f"wrote {', '.join(p.name for p in paths)} to {out}", flush=True)
     return summary

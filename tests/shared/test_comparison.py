@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
-from shared.comparison import SchemaError, collect_reproduced, compare, load_reported, log_comparison
+from shared.comparison import (SchemaError, claims_markdown, collect_reproduced, compare, load_reported,
+                               log_claims, log_comparison)
 from shared.tracking.__main__ import main
 
 REPORTED = {
@@ -154,6 +155,36 @@ def test_log_comparison(uri, reported, metrics_files, tmp_path):
     assert m["delta/adam_fake5000"] == pytest.approx(55.5 - 77.0)
     assert "reproduced/lars_fake0" not in m and "delta/lars_fake0" not in m
     assert {a.path for a in client.list_artifacts(run_id)} == {"table1.md", "table1.json", "fig3.png"}
+    assert run.data.tags["mlflow.note.content"] == c.md_path.read_text()  # the run's description in the UI
+
+
+def test_a_comparison_or_claims_run_replaces_the_older_one(tmp_path, reported, metrics_files):
+    """One run per (paper, table, scale) and per (paper, scale) for claims, however often logged;
+    another scale or table is another run."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = compare(reported, metrics_files, "table1", "mini", tmp_path / "out")
+    first = log_comparison(c, tracking_uri=uri)
+    second = log_comparison(c, tracking_uri=uri)
+    claims = tmp_path / "out" / "claims.json"
+    claims.write_text(json.dumps({"paper": "gan_simclr", "scale": "mini", "command": "report.py", "commit": "abc",
+                                  "claims": [{"id": "a", "claim": "fakes | help", "verdict": "holds",
+                                              "reason": "+2 > 0.5", "difference": 2.0}]}))
+    log_claims(claims, uri)
+    claims_id = log_claims(claims, uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("gan_simclr")
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(r.info.run_name for r in runs.values()) == ["claims/mini", "compare/table1/mini"]
+    assert second in runs and first not in runs and claims_id in runs
+    assert client.get_run(first).info.lifecycle_stage == "deleted"  # hidden until `mlflow gc`
+    run = runs[claims_id]
+    assert run.data.tags["verdict/a"] == "holds" and run.data.metrics == {"difference/a": 2.0}
+    assert run.data.tags["mlflow.note.content"] == claims_markdown(json.loads(claims.read_text()))
+    assert "| (a) fakes \\| help | **holds** at mini | +2 > 0.5 |" in run.data.tags["mlflow.note.content"]
+    views = client.get_experiment(experiment.experiment_id).tags
+    assert {"mlflow.sharedViewState.comparisons", "mlflow.sharedViewState.claims"} <= set(views)
 
 
 def test_cli_compare(reported, metrics_files, tmp_path, capsys):

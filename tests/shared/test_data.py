@@ -114,7 +114,7 @@ def _write_idx(path: Path, arr: np.ndarray) -> None:
 
 def test_mnist_tree_targz_and_idx_files_plain_and_gz_agree(tmp_path, mnist_imgs):
     tree = _write_tree(tmp_path / "mnist-png", mnist_imgs)
-    sources = [tree, _tar(tree, tmp_path / "mnist-png.tar.gz", "w:gz")]
+    sources = [tree, _tar(tree, tmp_path / "mnist-toy.tar.gz", "w:gz")]  # not the offline copy's name
     for suffix in ("", ".gz"):
         raw = tmp_path / f"tv{suffix}" / "MNIST" / "raw"
         raw.mkdir(parents=True)

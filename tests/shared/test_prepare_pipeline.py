@@ -43,7 +43,14 @@ def test_missing_data_fails_the_stage_naming_the_ways_and_writes_nothing(tmp_pat
 
 
 def test_bad_params_fail_naming_key_and_file(smoke_project, dvc):
-    project = smoke_project(prepare={"limit_per_clas": 3})
+    # a typo beside the keys the stage depends on (dvc.yaml): the stage names it
+    project = smoke_project(prepare={"limit_per_class": None, "limit_per_clas": 3})
     run = dvc(["repro", "prepare@mnist"], project)
     assert run.returncode != 0
     assert "params.yaml: unknown key 'prepare.limit_per_clas'" in run.stderr
+    # a typo in place of one: DVC stops first, naming the key it misses
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    (project / "params.yaml").write_text(yaml.safe_dump({**params, "prepare": {"limit_per_clas": 3}}))
+    run = dvc(["repro", "prepare@mnist"], project)
+    assert run.returncode != 0
+    assert "Parameters 'prepare.limit_per_class' are missing from 'params.yaml'" in run.stderr

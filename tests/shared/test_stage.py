@@ -69,7 +69,7 @@ def test_tracked_saves_the_resolved_config_and_restarts_a_stale_checkpoint(tmp_p
     with st.tracked({"lr": 0.1}) as log:
         log.log_metrics({"x": 1.0})
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved == {"scale": "smoke", "threads": 1, "lr": 0.1}
+    assert saved == {"scale": "smoke", "threads": 1, "run_seed": 0, "device": str(st.device), "lr": 0.1}
     (out / "checkpoint.pt").write_bytes(b"made with lr 0.1")
     with st.tracked({"lr": 0.1}):
         pass
@@ -90,6 +90,8 @@ def test_reports_refuse_committed_results_from_a_dirty_tree(tmp_path, monkeypatc
     results = REPO_ROOT / "papers" / "anypaper" / "results" / "mini"
     assert report.is_committed_results(results)
     assert not report.is_committed_results(tmp_path / "results" / "mini")
+    assert not report.is_committed_results(REPO_ROOT / "papers" / "anypaper" / "results" / "smoke")  # local only
+    assert report.is_committed_results(REPO_ROOT / "papers" / "anypaper" / "results" / "sweeps" / "mini")
     assert not report.is_committed_results(REPO_ROOT / "papers" / "anypaper" / "outputs")
 
     monkeypatch.setattr(report, "tree_state", lambda: {"dirty": True, "diff_sha256": "d" * 64})

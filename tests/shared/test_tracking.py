@@ -1,11 +1,13 @@
 """shared.tracking: loggers (NullLogger in memory, MLflowLogger on a temporary SQLite store), checked
 against what MLflow reads back."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from shared import tracking
 from shared.tracking import MLflowLogger, NullLogger, default_tracking_uri, make_logger
 
 
@@ -96,3 +98,75 @@ def test_mlflow_logger_failed_block_marks_failed(uri):
         with MLflowLogger("exp_failed", "boom", tracking_uri=uri) as log:
             raise RuntimeError("loss is nan")
     assert MlflowClient(uri).get_run(log.run_id).info.status == "FAILED"
+
+
+# ---------------------------------------------------------------- one run per thing, what the UI shows
+
+def test_resume_reopens_a_run_and_ends_abandoned_ones(uri):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    tags = {"stage": "sweep", "study": "s1"}
+    with MLflowLogger("exp_resume", "sweep/s1", tags, uri) as first:
+        pass
+    again = MLflowLogger("exp_resume", "sweep/s1", tags, uri, resume=tracking.SAME_TAGS)
+    assert again.run_id == first.run_id and again.resumed
+    assert client.get_run(first.run_id).info.status == "RUNNING"
+    again.close()
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert client.get_run(first.run_id).data.tags["resumes"] == "1"
+    # another study's run is not it; a run id from elsewhere starts a new run
+    with MLflowLogger("exp_resume", "sweep/s1", {**tags, "study": "s2"}, uri, resume=tracking.SAME_TAGS) as other:
+        assert other.run_id != first.run_id and not other.resumed
+    with MLflowLogger("exp_resume", "sweep/s1", tags, uri, resume="0" * 32) as fresh:
+        assert fresh.run_id != first.run_id
+
+    abandoned = MLflowLogger("exp_resume", "train/x", {"stage": "train"}, uri)  # never closed, as after SIGKILL
+    with MLflowLogger("exp_resume", "train/x", {"stage": "train"}, uri, end_abandoned=True) as successor:
+        assert successor.ended == [abandoned.run_id]
+    run = client.get_run(abandoned.run_id)
+    assert run.info.status == "KILLED" and successor.run_id in run.data.tags["killed_reason"]
+    assert run.data.tags["pid"] == str(os.getpid()) and run.data.tags["host"]
+
+
+def test_experiments_are_described_for_the_training_view(uri, tmp_path):
+    from mlflow import MlflowClient
+
+    with MLflowLogger("exp_described", "r", tracking_uri=uri):
+        pass
+    tags = MlflowClient(uri).get_experiment_by_name("exp_described").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's "Model training" kind
+    assert "`compare/<table>/<scale>`" in tags["mlflow.note.content"]
+    readme = tmp_path / "papers" / "alpha" / "README.md"
+    readme.parent.mkdir(parents=True)
+    readme.write_text("# alpha: a paper\n\nA. Author, \"A Title\",\nICLR 2021.\n\n## The claim\n\n...\n")
+    text = tracking.experiment_description("alpha", tmp_path)
+    assert text.startswith('**alpha: a paper**\n\nA. Author, "A Title", ICLR 2021.\n\nPackage `papers/alpha`')
+    assert "The claim" not in text  # title and citation only
+
+
+def test_saved_views_show_the_result_runs_numbers_as_columns(uri):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    with MLflowLogger("exp_views", "compare/t1/mini", {"kind": "comparison", "table": "t1", "scale": "mini"},
+                      uri) as log:
+        log.log_metrics({"reported/r10": 1.0, "reported/r2": 2.0, "reproduced/r10": 3.0, "delta/r10": 2.0,
+                         "reported/never_run": 5.0})
+    with MLflowLogger("exp_views", "claims/mini", {"kind": "claims", "scale": "mini", "verdict/a": "holds"},
+                      uri) as log:
+        log.log_metrics({"difference/a": 1.5})
+    tracking.update_views(client, log.experiment_id)
+    tags = client.get_experiment(log.experiment_id).tags
+    view = json.loads(tags["mlflow.sharedViewState.comparisons"])
+    assert view["name"] == "Reported vs reproduced" and isinstance(view["createdAt"], int)
+    state = json.loads(view["state"])
+    assert state["searchFilter"] == "tags.kind = 'comparison'"
+    assert state["selectedColumns"] == ["tags.`table`", "tags.`scale`", "metrics.`reported/r10`",
+                                        "metrics.`reproduced/r10`", "metrics.`delta/r10`"]  # rows that ran
+    claims = json.loads(json.loads(tags["mlflow.sharedViewState.claims"])["state"])
+    assert claims["selectedColumns"] == ["tags.`scale`", "tags.`verdict/a`", "metrics.`difference/a`"]
+    (link,) = [u for e, name, u in tracking.view_links(client, "http://127.0.0.1:5000")
+               if e == "exp_views" and name == "Claims"]
+    assert link == (f"http://127.0.0.1:5000/#/experiments/{log.experiment_id}/runs?viewStateShareKey=claims"
+                    "&workflowType=machine_learning")

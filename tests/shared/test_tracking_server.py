@@ -36,6 +36,29 @@ CLAIMS = {"paper": "alpha", "scale": "mini", "command": "papers/alpha/report.py"
                       "difference": 3.0, "runner_up": 0, "verdict": "inconclusive", "reason": "std unknown"}]}
 
 
+SWEEP = {"paper": "alpha", "stage": "train", "study": "lr-mini", "storage": "sqlite:///mlflow/optuna.db",
+         "scale": "mini", "objective": {"metric": "acc", "direction": "maximize"}, "args": {"seed": 0},
+         "budget": {"train": {"epochs": 2}}, "space": {"lr": {"key": "train.lr", "low": 0.01, "high": 1.0}},
+         "n_trials": 2, "command": "shared/tune papers/alpha/sweep.yaml", "commit": "abc123",
+         "best": {"trial": 1, "value": 41.0, "params": {"lr": 0.3}},
+         "defaults": {"number": 0, "state": "COMPLETE", "value": 40.0, "params": {"lr": 0.1}},
+         "references": {"sgd": {"value": 39.5}},
+         "trials": [{"number": 0, "state": "COMPLETE", "value": 40.0, "params": {"lr": 0.1},
+                     "curve": {"1": 35.0, "2": 40.0}},
+                    {"number": 1, "state": "COMPLETE", "value": 41.0, "params": {"lr": 0.3},
+                     "curve": {"1": 36.0, "2": 41.0}}]}
+
+
+def make_sweep(root: Path) -> Path:
+    """papers/alpha/results/sweeps/mini/ as `python -m shared.tune` leaves it (summary, best params)."""
+    folder = root / "papers" / "alpha" / "results" / "sweeps" / "mini"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(SWEEP))
+    (folder / "summary.md").write_text("# Optuna sweep `lr-mini`\n\n| trial | acc |\n|---|---|\n| 1 | 41.00 |\n")
+    (folder / "best_params.yaml").write_text("train:\n  lr: 0.3\n")
+    return folder
+
+
 def make_results(root: Path) -> Comparison:
     """papers/alpha/results/mini/ as a report stage leaves it: t1.md/.json, claims.json, a figure."""
     (root / "m").mkdir(parents=True)
@@ -155,9 +178,15 @@ def test_rebuild_over_http(server, tmp_path):
     (tmp_path / "papers" / "alpha" / "results" / "mini" / "claims.json").write_text(
         json.dumps({**CLAIMS, "paper": "alpha_http"}))  # its own experiment: independent of the test above
     first = rebuild(tracking_uri=url, root=tmp_path)
-    assert sorted((a, n) for a, n, _ in first) == [("created", "alpha/compare/t1/mini"),
-                                                  ("created", "alpha_http/claims/mini")]
+    # the comparison run test_comparison_over_rest logged for alpha/t1/mini, if it ran, is replaced
+    assert sorted((a, n) for a, n, _ in first if a != "deleted") == [("created", "alpha/compare/t1/mini"),
+                                                                    ("created", "alpha_http/claims/mini")]
+    assert {(a, n) for a, n, _ in first if a == "deleted"} <= {("deleted", "alpha/compare/t1/mini")}
     assert [a for a, _, _ in rebuild(tracking_uri=url, root=tmp_path)] == ["unchanged", "unchanged"]
+    alpha = api(url, "/api/2.0/mlflow/experiments/get-by-name", {"experiment_name": "alpha"})["experiment"]
+    found = api(url, "/api/2.0/mlflow/runs/search", body={
+        "experiment_ids": [alpha["experiment_id"]], "filter": "tags.kind = 'comparison'"})["runs"]
+    assert [r["info"]["run_name"] for r in found] == ["compare/t1/mini"]  # one run per table and scale
     experiment = api(url, "/api/2.0/mlflow/experiments/get-by-name", {"experiment_name": "alpha_http"})
     runs = api(url, "/api/2.0/mlflow/runs/search", body={
         "experiment_ids": [experiment["experiment"]["experiment_id"]], "filter": "tags.source = 'rebuild'"})
@@ -179,13 +208,17 @@ def test_rebuild_is_idempotent(tmp_path):
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     c = make_results(tmp_path)
     folder = tmp_path / "papers" / "alpha" / "results" / "mini"
-    logged = log_comparison(c, tracking_uri=uri)  # a pipeline's own run: rebuild must leave it alone
+    logged = log_comparison(c, tracking_uri=uri)  # a report stage's run of the same table: replaced
+    with tracking.MLflowLogger("alpha", "train/r1/seed0", {"stage": "train"}, uri) as stage_run:
+        pass  # a stage's run: rebuild never touches it
     client = MlflowClient(uri)
 
     actions = rebuild(tracking_uri=uri, root=tmp_path)
-    ids = {name: run_id for _, name, run_id in actions}
+    ids = {name: run_id for action, name, run_id in actions if action == "created"}
     assert sorted((a, n) for a, n, _ in actions) == [("created", "alpha/claims/mini"),
-                                                    ("created", "alpha/compare/t1/mini")]
+                                                    ("created", "alpha/compare/t1/mini"),
+                                                    ("deleted", "alpha/compare/t1/mini")]
+    assert ("deleted", "alpha/compare/t1/mini", logged) in actions
     comparison = client.get_run(ids["alpha/compare/t1/mini"])
     tags = comparison.data.tags
     assert {k: tags[k] for k in ("paper", "table", "scale", "kind", "source", "rebuild_from")} == {
@@ -205,11 +238,13 @@ def test_rebuild_is_idempotent(tmp_path):
     assert {a.path for a in client.list_artifacts(claims.info.run_id)} == {"claims.json", "claims.md"}
     md = Path(client.download_artifacts(claims.info.run_id, "claims.md", str(tmp_path)))
     assert md.read_text() == scorecard([folder / "claims.json"], tmp_path)
+    assert claims.data.tags["mlflow.note.content"] == md.read_text()  # the description the UI shows
+    assert comparison.data.tags["mlflow.note.content"] == c.md_path.read_text()
 
     # twice: nothing new, nothing lost
     assert sorted(rebuild(tracking_uri=uri, root=tmp_path)) == sorted(
         ("unchanged", n, i) for n, i in ids.items())
-    assert set(active_runs(client, "alpha")) == {logged, *ids.values()}
+    assert set(active_runs(client, "alpha")) == {stage_run.run_id, *ids.values()}
 
     # a changed file remakes the runs that carry it (claims.json is an artifact of both); a table
     # whose files are gone loses its run
@@ -227,9 +262,55 @@ def test_rebuild_is_idempotent(tmp_path):
     rebuilt = {(a, n) for a, n, _ in rebuild(tracking_uri=uri, root=tmp_path)}
     assert rebuilt == {("unchanged", "alpha/claims/mini"), ("deleted", "alpha/compare/t1/mini")}
     runs = active_runs(client, "alpha")
-    assert sorted(r.info.run_name for r in runs.values()) == ["claims/mini", "compare/t1/mini"]
-    assert logged in runs and runs[logged].data.tags.get("source") is None
+    assert sorted(r.info.run_name for r in runs.values()) == ["claims/mini", "train/r1/seed0"]
+    assert runs[stage_run.run_id].data.tags.get("source") is None
     assert [r.data.tags["verdict/a"] for r in runs.values() if r.info.run_name == "claims/mini"] == ["holds"]
+
+
+def test_rebuild_loads_sweeps_without_duplicates(tmp_path):
+    """A sweep's summary.json becomes run sweep/<study> with one nested run per trial; twice, nothing
+    new; a sweep's own run (python -m shared.tune) in the store wins over the summary."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    make_results(tmp_path)
+    folder = make_sweep(tmp_path)
+    first = rebuild(tracking_uri=uri, root=tmp_path)
+    assert sorted((a, n) for a, n, _ in first) == [("created", "alpha/claims/mini"),
+                                                  ("created", "alpha/compare/t1/mini"),
+                                                  ("created", "alpha/sweep/lr-mini")]
+    again = rebuild(tracking_uri=uri, root=tmp_path)
+    assert sorted(again) == sorted(("unchanged", n, i) for _, n, i in first)
+    client = MlflowClient(uri)
+    runs = active_runs(client, "alpha")
+    names = sorted(r.info.run_name for r in runs.values())
+    assert names == ["claims/mini", "compare/t1/mini", "sweep/lr-mini", "trial 0", "trial 1"]  # no duplicates
+
+    sweep = next(r for r in runs.values() if r.info.run_name == "sweep/lr-mini")
+    assert {k: sweep.data.tags[k] for k in ("kind", "study", "scale", "paper", "source")} == {
+        "kind": "sweep", "study": "lr-mini", "scale": "mini", "paper": "alpha", "source": "rebuild"}
+    assert sweep.data.metrics == {"best/acc": 41.0, "defaults/acc": 40.0, "reference_sgd/acc": 39.5}
+    assert sweep.data.params["space.lr"] == "train.lr" and sweep.data.params["study"] == "lr-mini"
+    assert sweep.data.tags["mlflow.note.content"] == (folder / "summary.md").read_text()
+    assert {a.path for a in client.list_artifacts(sweep.info.run_id)} == {
+        "summary.json", "summary.md", "best_params.yaml"}
+    trial1 = next(r for r in runs.values() if r.info.run_name == "trial 1")
+    assert trial1.data.tags["mlflow.parentRunId"] == sweep.info.run_id and trial1.data.params == {"trial.lr": "0.3"}
+    assert [(m.step, m.value) for m in client.get_metric_history(trial1.info.run_id, "eval/acc")] == [
+        (1, 36.0), (2, 41.0)]
+    assert trial1.data.metrics["objective/acc"] == 41.0
+
+    # the sweep run by the pipeline: the rebuilt summary and its trials go, and stay gone
+    with tracking.MLflowLogger("alpha", "sweep/lr-mini", {"kind": "sweep", "study": "lr-mini", "scale": "mini",
+                                                          "paper": "alpha", "stage": "train"}, uri) as own:
+        pass
+    third = rebuild(tracking_uri=uri, root=tmp_path)
+    assert ("skipped", "alpha/sweep/lr-mini", own.run_id) in third
+    assert sorted(n for a, n, _ in third if a == "deleted") == [
+        "alpha/sweep/lr-mini", "alpha/trial 0", "alpha/trial 1"]
+    assert sorted(r.info.run_name for r in active_runs(client, "alpha").values()) == [
+        "claims/mini", "compare/t1/mini", "sweep/lr-mini"]
+    assert {a for a, _, _ in rebuild(tracking_uri=uri, root=tmp_path)} == {"unchanged", "skipped"}
 
 
 def test_rebuild_rejects_a_folder_that_is_not_a_scale(tmp_path):
@@ -247,7 +328,8 @@ def test_rebuild_the_committed_results(tmp_path):
     doc = json.loads(table.read_text())
     assert Comparison.from_dict(doc, str(table)).to_dict() == doc
     ids = {name: run_id for action, name, run_id in rebuild(tracking_uri=uri) if action == "created"}
-    assert {"gan_simclr/compare/table1/mini", "gan_simclr/claims/mini"} <= set(ids)
+    assert {"gan_simclr/compare/table1/mini", "gan_simclr/claims/mini",
+            "gan_simclr/sweep/lars_fake0-mini"} <= set(ids)
     metrics = MlflowClient(uri).get_run(ids["gan_simclr/compare/table1/mini"]).data.metrics
     row = next(r for r in doc["rows"] if r["id"] == "lars_fake10000")
     assert metrics["reported/lars_fake10000"] == 70.323

@@ -47,9 +47,9 @@ def toy_stage():
     return SweepStage(paper="toy", stage="fit", args_type=ToyArgs, resolve=_toy_resolve, run=_toy_run)
 
 
-def _suite(tmp_path, backend="none"):
+def _suite(tmp_path, backend="none", uri=None):
     suite = yaml.safe_load((REPO / "params.yaml").read_text())
-    suite.update(scale="smoke", tracking={"backend": backend, "uri": None})
+    suite.update(scale="smoke", tracking={"backend": backend, "uri": uri})
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
@@ -102,6 +102,33 @@ def test_a_study_refuses_another_budget(tmp_path):
     with pytest.raises(config.ConfigError, match="another sweep"):
         run_sweep(_toy_sweep(tmp_path, args={"delay": 0.0}, budget={"toy": {"epochs": 2}}), n_trials=2,
                         **kwargs)
+
+
+def test_a_study_names_its_objective_and_keeps_one_mlflow_run(tmp_path):
+    """The study's value is named for optuna-dashboard and the CLI; the sweep run again (finished,
+    then with more trials) reopens the study's MLflow run instead of adding an empty one."""
+    from mlflow import MlflowClient
+
+    storage, uri = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    kwargs = dict(scale="smoke", storage=storage, out=tmp_path / "out", references=False,
+                  suite_params=_suite(tmp_path, backend="mlflow", uri=uri))
+    path = _toy_sweep(tmp_path, args={"delay": 0.0})
+    run_sweep(path, n_trials=2, **kwargs)
+    assert optuna.load_study(study_name="toy-smoke", storage=storage).metric_names == ["linear_test_acc"]
+    run_sweep(path, n_trials=2, **kwargs)  # finished: outputs only
+    run_sweep(path, n_trials=3, workers=1, **kwargs)  # resumed with one more trial
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("toy")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    assert parent.info.run_name == "sweep/toy-smoke" and parent.info.status == "FINISHED"
+    assert parent.data.tags["resumes"] == "2" and parent.data.tags["n_trials"] == "3"
+    assert parent.data.params["objective.metric"] == "linear_test_acc" and parent.data.params["study"] == "toy-smoke"
+    assert parent.data.tags["mlflow.note.content"] == (tmp_path / "out" / "summary.md").read_text()
+    trials = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    assert trials == ["trial 0", "trial 1", "trial 2"]  # every trial under the one run
+    assert len(runs) == 4
 
 
 def test_split_is_exact():

@@ -1,8 +1,10 @@
 """gan_simclr end to end: `dvc repro papers/gan_simclr/dvc.yaml` at smoke scale on the real CIFAR-10 copy."""
 import json
+import shutil
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 # What the pipeline measured at smoke scale, seed 0, one thread, before the shared-foundations
@@ -23,7 +25,7 @@ PINNED_CURVES = {  # run -> linear_test_acc at epochs 1, 2
 
 
 
-def test_gan_simclr_pipeline_at_smoke_scale(smoke_project, dvc, data_root):
+def test_gan_simclr_pipeline_at_smoke_scale(smoke_project, dvc, snapshot, data_root):
     project = smoke_project(packages=("shared", "papers"), tracking={"backend": "none", "uri": None})
 
     run = dvc(["repro", "papers/gan_simclr/dvc.yaml"], project)
@@ -60,3 +62,22 @@ def test_gan_simclr_pipeline_at_smoke_scale(smoke_project, dvc, data_root):
         record = json.loads((out / "pretrain" / run / "metrics.json").read_text())
         assert [p["linear_test_acc"] for p in record["curve"]] == pytest.approx(accs, rel=1e-9), run
         assert record["provenance"]["threads"] == 1 and record["provenance"]["device"] == "cpu"
+
+    # A stage re-run on its persisted, finished checkpoint writes every output again, byte for byte
+    # (DVC deletes the non-persisted outputs first; before the fix train_gan never rewrote best.pt and
+    # every later `dvc repro` failed). The metrics record of a persisted folder is deleted too.
+    lock = lambda: yaml.safe_load((project / "papers/gan_simclr/dvc.lock").read_text())["stages"]  # noqa: E731
+    for stage, folder, deletable in [("train_gan", "gan", ["best.pt", "samples", "metrics.json"]),
+                                     ("pretrain_real@lars-0", "pretrain/lars_fake0_seed0", ["metrics.json"])]:
+        before, locked = snapshot(out / folder), lock()[stage]
+        for name in deletable:
+            path = out / folder / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        rerun = dvc(["repro", "-f", "-s", f"papers/gan_simclr/dvc.yaml:{stage}"], project)
+        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+        assert "resumed from" in rerun.stdout + rerun.stderr, stage
+        after = snapshot(out / folder)
+        assert after.keys() == before.keys(), stage
+        assert [name for name in before if after[name] != before[name]] == [], stage
+        assert lock()[stage] == locked, stage
+    assert "up to date" in dvc(["status", "papers/gan_simclr/dvc.yaml"], project).stdout

@@ -268,26 +268,47 @@ def test_cli_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| adam_fake0 |" in printed and "claim (c)" in printed and "logged to MLflow" not in printed
     assert {p.name for p in out.iterdir()} == {"table1.md", "table1.json", "figure3.png", "figure4.png",
-                                               "figure4.json", "claims.json"}
+                                               "figure4.json", "claims.json", "summary.json"}
+    summary = json.loads((out / "summary.json").read_text())  # what `dvc metrics show` reads: flat, numbers
+    rows = json.loads((out / "table1.json").read_text())["rows"]
+    assert summary["table1"] == {r["id"]: {"mean": r["reproduced_mean"], "std": r["reproduced_std"], "n": r["n"]}
+                                 for r in rows if r["n"]}
+    assert summary["claims"] == json.loads((out / "claims.json").read_text())["verdicts"]
 
 
 def test_cli_log_to_mlflow(tmp_path, monkeypatch, capsys):
+    """--log makes the comparison run and the claims run; logged twice, the store still holds one of each."""
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/m.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     metrics = write_grid(tmp_path / "m", seeds=(0, 1))
-    assert report.main(["--reported", str(REPORTED), "--metrics-dir", str(metrics), "--scale", "mini",
-                        "--out", str(tmp_path / "out"), "--log"]) == 0
+    argv = ["--reported", str(REPORTED), "--metrics-dir", str(metrics), "--scale", "mini",
+            "--out", str(tmp_path / "out"), "--log"]
+    assert report.main(argv) == 0
     assert "logged to MLflow run" in capsys.readouterr().out
+    assert report.main(argv) == 0  # the report stage run again: its runs replace the first ones
+    printed = capsys.readouterr().out
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("gan_simclr")
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.info.run_name == "compare/table1/mini" and run.info.status == "FINISHED"
-    assert {k: run.data.tags[k] for k in ("paper", "table", "scale")} == {
-        "paper": "gan_simclr", "table": "table1", "scale": "mini"}
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == ["claims/mini", "compare/table1/mini"]  # one per table and scale, one claims run
+    run = runs["compare/table1/mini"]
+    assert f"table1: logged to MLflow run {run.info.run_id}" in printed
+    assert run.info.status == "FINISHED"
+    assert {k: run.data.tags[k] for k in ("paper", "table", "scale", "kind")} == {
+        "paper": "gan_simclr", "table": "table1", "scale": "mini", "kind": "comparison"}
+    assert run.data.tags["mlflow.note.content"] == (tmp_path / "out" / "table1.md").read_text()
     assert run.data.metrics["reported/lars_fake10000"] == 70.323
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
         "table1.md", "table1.json", "figure3.png", "figure4.png", "figure4.json", "claims.json"}
+
+    claims = runs["claims/mini"]
+    saved = json.loads((tmp_path / "out" / "claims.json").read_text())
+    assert {k: claims.data.tags[k] for k in ("paper", "scale", "kind")} == {
+        "paper": "gan_simclr", "scale": "mini", "kind": "claims"}
+    assert {k: v for k, v in claims.data.tags.items() if k.startswith("verdict/")} == {
+        f"verdict/{k}": v for k, v in saved["verdicts"].items()}
+    assert claims.data.params["claim/a"] == saved["claims"][0]["claim"]
+    assert "| (a) " in claims.data.tags["mlflow.note.content"]
+    assert {a.path for a in client.list_artifacts(claims.info.run_id)} == {"claims.json", "claims.md"}

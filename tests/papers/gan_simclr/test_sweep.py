@@ -81,7 +81,7 @@ def test_gan_simclr_pretrain_sweep_end_to_end(tmp_path, monkeypatch):
 
     loggers = []  # the study's run and, through it, the trials' and the reference's
     monkeypatch.setattr(tracking, "make_logger",
-                        lambda backend, experiment, run_name=None, tags=None, tracking_uri=None:
+                        lambda backend, experiment, run_name=None, tags=None, tracking_uri=None, **run:
                         loggers.append(tracking.NullLogger(run_name, tags)) or loggers[-1])
     out = tmp_path / "out"
     summary = run_sweep(_gan_simclr_sweep(tmp_path, edit), scale="smoke", n_trials=2,
