@@ -269,3 +269,23 @@ def snapshot():
         folder = Path(folder)
         return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
     return take
+
+
+@pytest.fixture
+def suite_params(tmp_path):
+    """``suite_params(**overrides) -> Path``: the suite's params.yaml at scale smoke, tracking off."""
+    def make(**overrides):
+        doc = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+        doc.update(scale="smoke", tracking={"backend": "none", "uri": None}, **overrides)
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+    return make
+
+
+@pytest.fixture
+def restore_threads():
+    """Put torch's thread count back after a test that starts a stage (stages set it)."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

@@ -9,22 +9,7 @@ from shared import config, provenance, records, report, stage
 from shared.config import REPO_ROOT
 
 
-@pytest.fixture
-def suite_params(tmp_path):
-    def make(**overrides):
-        doc = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-        doc.update(scale="smoke", tracking={"backend": "none", "uri": None}, **overrides)
-        path = tmp_path / "params.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        return path
-    return make
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def test_run_seed_keeps_trials_and_suite_seeds_apart():

@@ -11,24 +11,11 @@ from shared import records, stage
 from shared.config import REPO_ROOT
 
 
-@pytest.fixture
-def suite_params(tmp_path):
-    doc = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    doc.update(scale="smoke", tracking={"backend": "none", "uri": None})
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def test_metrics_and_a_curve_as_flat_json_outside_the_run_folder(tmp_path, suite_params):
-    st = stage.start("p", "train", suite_params=suite_params, out=tmp_path / "run", trial=0,
+    st = stage.start("p", "train", suite_params=suite_params(), out=tmp_path / "run", trial=0,
                      metrics=tmp_path / "metrics/train/run.json", plots=tmp_path / "plots/train/run.json")
     st.write_metrics({"fid_indomain": 4.5, "is_indomain": math.inf})
     history = [{"step": 10, "fid_indomain": 7.0, "is_indomain": 1.2}, {"step": 15, "loss_d": 0.3},
@@ -44,7 +31,7 @@ def test_metrics_and_a_curve_as_flat_json_outside_the_run_folder(tmp_path, suite
 
 
 def test_a_skipped_run_leaves_empty_files_for_dvc(tmp_path, suite_params):
-    st = stage.start("p", "train", suite_params=suite_params, out=tmp_path / "run", trial=2,
+    st = stage.start("p", "train", suite_params=suite_params(), out=tmp_path / "run", trial=2,
                      metrics=tmp_path / "m.json", plots=tmp_path / "c.json")
     st.skip("seed 2 is not run at scale smoke")
     assert records.read(tmp_path / "run/metrics.json").is_skip
@@ -53,7 +40,7 @@ def test_a_skipped_run_leaves_empty_files_for_dvc(tmp_path, suite_params):
 
 
 def test_outside_dvc_nothing_is_written(tmp_path, suite_params):
-    st = stage.start("p", "train", suite_params=suite_params, out=tmp_path / "run", trial=0)
+    st = stage.start("p", "train", suite_params=suite_params(), out=tmp_path / "run", trial=0)
     assert st.write_metrics({"acc": 1.0}) is None and st.write_plot("acc", [{"step": 1, "acc": 1.0}]) is None
     st.skip("not run")
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["metrics.json", "params.yaml"]
