@@ -125,10 +125,6 @@ def find(folder: str | os.PathLike, name: str = "metrics.json", *, exclude: str 
     return found
 
 
-def read_all(paths: Iterable[str | os.PathLike]) -> list[MetricsRecord]:
-    return [read(p) for p in paths]
-
-
 def _plain(obj: Any) -> Any:
     """JSON for numpy scalars and paths that stages put into their extra keys."""
     if hasattr(obj, "item"):

@@ -289,3 +289,44 @@ def restore_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+# ---- an easy dataset and a tiny in-domain extractor trained on it (extractor and FID tests)
+
+def _easy_dataset(per_class: int, seed: int, side: int = 8):
+    """3 classes told apart by their brightest colour channel, plus noise (uint8, int64)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), per_class)
+    x = rng.integers(0, 90, size=(len(y), 3, side, side))
+    x[np.arange(len(y)), y] += 140
+    return x.astype(np.uint8), y.astype(np.int64)
+
+
+def _tiny_extractor_config():
+    from shared.extractor import ExtractorConfig
+
+    return ExtractorConfig(width=0.125, epochs=4, batch_size=32, lr=0.05, warmup_epochs=1.0, crop_padding=1,
+                           eval_batch_size=64)
+
+
+@pytest.fixture(scope="session")
+def easy_dataset():
+    """``easy_dataset(per_class, seed, side=8) -> (x uint8 (N, 3, side, side), y)``."""
+    return _easy_dataset
+
+
+@pytest.fixture(scope="session")
+def tiny_extractor_config():
+    return _tiny_extractor_config()
+
+
+@pytest.fixture(scope="session")
+def trained_extractor():
+    """``(extractor, (x_test, y_test))``: the tiny config trained once on the easy dataset."""
+    from shared.extractor import train_extractor
+
+    x, y = _easy_dataset(40, seed=0)
+    test = _easy_dataset(20, seed=1)
+    return train_extractor(x, y, _tiny_extractor_config(), "cpu", progress=False, test=test), test

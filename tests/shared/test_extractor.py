@@ -14,35 +14,15 @@ from shared.detector import CorruptWeightsError, WeightsNotFoundError
 from shared.extractor import INDOMAIN_LABEL, ExtractorConfig, FeatureExtractor, train_extractor
 
 
-def easy_dataset(per_class: int, seed: int, side: int = 8):
-    """3 classes told apart by their brightest colour channel, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(3), per_class)
-    x = rng.integers(0, 90, size=(len(y), 3, side, side))
-    x[np.arange(len(y)), y] += 140
-    return x.astype(np.uint8), y.astype(np.int64)
-
-
-TINY = ExtractorConfig(width=0.125, epochs=4, batch_size=32, lr=0.05, warmup_epochs=1.0, crop_padding=1,
-                       eval_batch_size=64)
-
-
-@pytest.fixture(scope="module")
-def trained():
-    x, y = easy_dataset(40, seed=0)
-    test = easy_dataset(20, seed=1)
-    return train_extractor(x, y, TINY, "cpu", progress=False, test=test), test
-
-
-def test_train_extractor_beats_chance_on_easy_data(trained):
-    extractor, (x_test, y_test) = trained
+def test_train_extractor_beats_chance_on_easy_data(trained_extractor):
+    extractor, (x_test, y_test) = trained_extractor
     assert extractor.test_acc > 80  # chance: 33%
     assert ext.extractor_accuracy(extractor, x_test, y_test) == pytest.approx(extractor.test_acc)
     assert not extractor.training
 
 
-def test_extractor_shapes_and_determinism(trained):
-    extractor, (x_test, _) = trained
+def test_extractor_shapes_and_determinism(trained_extractor, easy_dataset):
+    extractor, (x_test, _) = trained_extractor
     feats, probs = extractor.features_and_probs(x_test, batch_size=7)
     assert feats.shape == (len(x_test), extractor.feature_dim) == (60, 64)
     assert probs.shape == (60, 3)
@@ -59,7 +39,7 @@ def test_extractor_shapes_and_determinism(trained):
         extractor.features(np.zeros((2, 3, 16, 16), np.uint8))
 
 
-def test_channel_stats_and_limit():
+def test_channel_stats_and_limit(easy_dataset):
     x, y = easy_dataset(10, seed=4)
     mean, std = ext._channel_stats(torch.as_tensor(x), chunk=7)
     xf = x.astype(np.float64) / 255
@@ -86,19 +66,19 @@ def test_augment_is_a_zero_filled_shift_and_maybe_a_flip():
     assert len(seen) > 10 and {f for _, _, f in seen} == {False, True}
 
 
-def test_extractor_save_load_round_trip(trained, tmp_path):
-    extractor, (x_test, _) = trained
+def test_extractor_save_load_round_trip(trained_extractor, tiny_extractor_config, tmp_path):
+    extractor, (x_test, _) = trained_extractor
     path = tmp_path / "sub" / "extractor.pt"
     extractor.save(path)
     loaded = FeatureExtractor.load(path)
-    assert loaded.cfg == TINY
+    assert loaded.cfg == tiny_extractor_config
     assert (loaded.test_acc, loaded.train_acc, loaded.n_train) == (extractor.test_acc, extractor.train_acc, 120)
     assert torch.equal(loaded.features(x_test), extractor.features(x_test))
     assert torch.equal(loaded.probs(x_test), extractor.probs(x_test))
     assert [p.name for p in path.parent.iterdir()] == ["extractor.pt"]  # no temp file left behind
 
 
-def test_extractor_load_errors_name_the_path(tmp_path, trained):
+def test_extractor_load_errors_name_the_path(tmp_path, trained_extractor):
     missing = tmp_path / "nope.pt"
     with pytest.raises(WeightsNotFoundError, match="python -m shared.extractor") as info:
         FeatureExtractor.load(missing)
@@ -112,7 +92,7 @@ def test_extractor_load_errors_name_the_path(tmp_path, trained):
     with pytest.raises(CorruptWeightsError, match="not an in-domain extractor"):
         FeatureExtractor.load(foreign)
     truncated = tmp_path / "truncated.pt"
-    trained[0].save(truncated)
+    trained_extractor[0].save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:2000])
     with pytest.raises(CorruptWeightsError, match=str(truncated)):
         FeatureExtractor.load(truncated)
@@ -120,7 +100,7 @@ def test_extractor_load_errors_name_the_path(tmp_path, trained):
 
 # ---------------------------------------------------------------- stage CLI
 
-def write_prepared(folder: Path) -> None:
+def write_prepared(folder: Path, easy_dataset) -> None:
     """Tiny prepared dataset in shared.prepare's layout (train.npz / test.npz: x, y, classes)."""
     folder.mkdir(parents=True)
     for split, (per_class, seed) in {"train": (32, 0), "test": (10, 1)}.items():
@@ -128,9 +108,9 @@ def write_prepared(folder: Path) -> None:
         np.savez(folder / f"{split}.npz", x=x, y=y, classes=np.array(["r", "g", "b"]))
 
 
-def test_train_extractor_cli_end_to_end(tmp_path):
+def test_train_extractor_cli_end_to_end(tmp_path, easy_dataset):
     prepared = tmp_path / "prepared" / "tiny"
-    write_prepared(prepared)
+    write_prepared(prepared, easy_dataset)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({
         "scale": "smoke", "device": "cpu", "tracking": {"backend": "none"},

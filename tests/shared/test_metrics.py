@@ -245,30 +245,10 @@ def test_inception_call_convention(fake_inception_path):
 
 # ---------------------------------------------------------------- an in-domain detector to score with
 
-def easy_dataset(per_class: int, seed: int, side: int = 8):
-    """3 classes told apart by their brightest colour channel, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(3), per_class)
-    x = rng.integers(0, 90, size=(len(y), 3, side, side))
-    x[np.arange(len(y)), y] += 140
-    return x.astype(np.uint8), y.astype(np.int64)
-
-
-TINY = ExtractorConfig(width=0.125, epochs=4, batch_size=32, lr=0.05, warmup_epochs=1.0, crop_padding=1,
-                       eval_batch_size=64)
-
-
-@pytest.fixture(scope="module")
-def trained():
-    x, y = easy_dataset(40, seed=0)
-    test = easy_dataset(20, seed=1)
-    return train_extractor(x, y, TINY, "cpu", progress=False, test=test), test
-
-
 # ---------------------------------------------------------------- scorer
 
-def test_fid_scorer_in_domain(trained):
-    extractor, (x_test, _) = trained
+def test_fid_scorer_in_domain(trained_extractor, easy_dataset):
+    extractor, (x_test, _) = trained_extractor
     scorer = FIDScorer(x_test, extractor, splits=3)
     same = scorer.score(x_test)
     assert set(same) == {"fid_indomain", "is_indomain", "is_indomain_std"}
@@ -281,8 +261,8 @@ def test_fid_scorer_in_domain(trained):
         scorer.score(x_test[:, :, :4, :4])
 
 
-def test_fid_scorer_is_does_not_depend_on_class_sorted_order(trained):
-    extractor, (x_test, y_test) = trained
+def test_fid_scorer_is_does_not_depend_on_class_sorted_order(trained_extractor):
+    extractor, (x_test, y_test) = trained_extractor
     assert (np.diff(y_test) >= 0).all()  # sorted by class, as prepared splits are
     sorted_is = inception_score(extractor.probs(x_test), splits=3)[0]
     assert sorted_is < 1.3  # one class per consecutive split: p(y|x) = p(y), IS near 1
@@ -293,8 +273,8 @@ def test_fid_scorer_is_does_not_depend_on_class_sorted_order(trained):
     assert scorer.score(x_test)["is_indomain"] > 2
 
 
-def test_make_scorer_picks_and_names_the_detector(trained, fake_inception_path, tmp_path):
-    extractor, (x_test, _) = trained
+def test_make_scorer_picks_and_names_the_detector(trained_extractor, fake_inception_path, tmp_path):
+    extractor, (x_test, _) = trained_extractor
     extractor_path = tmp_path / "extractor.pt"
     extractor.save(extractor_path)
     inception = make_scorer(x_test, str(fake_inception_path), str(extractor_path), "cpu", splits=3)
