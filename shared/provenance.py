@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +67,8 @@ def command() -> str:
 
 
 def provenance(device: str | torch.device | None = None) -> dict[str, object]:
-    """The command, commit, tree state, torch version, device and CPU threads that made a number."""
+    """The command, commit, tree state, torch version, device, CPU threads and world size (processes
+    of a torchrun launch, 1 otherwise: shared.distributed) that made a number."""
     return {"command": command(), "commit": git_commit() or "unknown", **tree_state(),
             "torch": torch.__version__, "device": str(device) if device is not None else "unknown",
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "world_size": int(os.environ.get("WORLD_SIZE", "1"))}

@@ -33,7 +33,7 @@ from typing import Any, Iterator, TypeVar
 
 import torch
 
-from shared import checkpoint, config, records, tracking
+from shared import checkpoint, config, distributed, records, tracking
 from shared.device import pick_device
 from shared.io import atomic_write_text
 from shared.provenance import provenance
@@ -98,6 +98,8 @@ class Stage:
     def write(self, record: records.MetricsRecord, filename: str = "metrics.json",
               logger: tracking.Logger | None = None) -> Path:
         """Write ``record`` to ``out/filename`` atomically (and log it as an artifact if ``logger``)."""
+        if not distributed.is_main():  # under torchrun, rank 0 writes every output
+            return self.out / filename
         path = records.write(self.out / filename, record)
         if logger is not None:
             logger.log_dict(record.to_dict(), filename)
@@ -105,6 +107,8 @@ class Stage:
 
     def skip(self, reason: str, filename: str = "metrics.json") -> None:
         """Write the skip marker for a run this scale does not make; returns None for ``run``."""
+        if not distributed.is_main():
+            return None
         records.write(self.out / filename, records.MetricsRecord(
             paper=self.paper, stage=self.name, scale=self.scale, seed=self.trial, skipped=reason,
             provenance=self.provenance()))
@@ -115,7 +119,7 @@ class Stage:
 
     def write_metrics(self, metrics: dict[str, float]) -> Path | None:
         """The run's headline numbers as flat JSON at ``metrics_file``, for ``dvc metrics show / diff``."""
-        if self.metrics_file is None:
+        if self.metrics_file is None or not distributed.is_main():
             return None
         if bad := [k for k, v in metrics.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]:
             raise ValueError(f"metrics {bad} are not numbers: {metrics}")
@@ -126,7 +130,7 @@ class Stage:
         """The curve ``name`` against ``x`` from ``history`` (the rows holding both) as the DVC plot file
         ``plots_file``: a list of ``{x: ..., name: ...}`` rows, for ``dvc plots show / diff``. A run
         without that curve writes an empty list: DVC needs every declared file."""
-        if self.plots_file is None:
+        if self.plots_file is None or not distributed.is_main():
             return None
         rows = [_finite({x: row[x], name: row[name]}) for row in history if row.get(name) is not None]
         atomic_write_text(self.plots_file, json.dumps(rows, indent=1) + "\n")
@@ -148,6 +152,9 @@ class Stage:
         a new run. A run of this stage left RUNNING by a killed process (same experiment, run name
         and tags, ``out`` included) is marked KILLED.
         """
+        if not distributed.is_main():  # under torchrun, rank 0 owns the config, the run record and the run
+            yield tracking.NullLogger(run_name or self.name, tags)
+            return
         # The run seed and device decide the numbers as much as the config does: a checkpoint made
         # under another suite seed or device is never resumed as this run's.
         resolved = {"scale": self.scale, "threads": self.suite.threads, "run_seed": self.seed,
@@ -204,6 +211,10 @@ def start(paper: str, name: str, *, suite_params: str | os.PathLike = config.REP
           plots: str | os.PathLike | None = None) -> Stage:
     """Resolve the suite settings for one stage run: threads set, device picked, RNG seeded.
 
+    Launched by ``torchrun``, the process joins the process group here (:mod:`shared.distributed`),
+    and only rank 0 then writes the stage's files and opens its MLflow run (the others get a
+    :class:`shared.tracking.NullLogger` from :meth:`Stage.tracked`).
+
     ``trial`` is the stage's seed index (``--seed`` of a DVC matrix); None for a stage without one,
     which is seeded with trial 0's seed. ``metrics`` / ``plots`` (the stage's ``--metrics`` /
     ``--plots``): the files :meth:`Stage.write_metrics` and :meth:`Stage.write_plot` write.
@@ -212,8 +223,10 @@ def start(paper: str, name: str, *, suite_params: str | os.PathLike = config.REP
     set_threads(suite.threads)
     seed = run_seed(suite.seed, trial or 0)
     checkpoint.seed_everything(seed)
+    device = pick_device(suite.device)
+    distributed.setup(device)  # under torchrun: join the process group (on GPU LOCAL_RANK); else nothing
     return Stage(paper=paper, name=name, suite=suite, out=Path(out), trial=trial, seed=seed,
-                 device=pick_device(suite.device), metrics_file=None if metrics is None else Path(metrics),
+                 device=device, metrics_file=None if metrics is None else Path(metrics),
                  plots_file=None if plots is None else Path(plots))
 
 

@@ -180,6 +180,46 @@ def smoke_project(tmp_path):
     return make
 
 
+def _git(args, cwd):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org"}
+    run = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"git {' '.join(args)}: {run.stdout}{run.stderr}"
+    return run
+
+
+@pytest.fixture
+def remote_roundtrip(tmp_path_factory):
+    """``remote_roundtrip(project, target) -> clone``: a smoke project that has run ``target``, pushed.
+
+    The project (made by ``smoke_project``, DVC without git) becomes a git repository as a user's clone
+    of the suite is: code, params, dvc.lock files and the results folders (``cache: false``) in git,
+    the cached outputs ignored. It pushes its outputs to a local folder remote (``dvc remote add -d``,
+    committed in ``.dvc/config``), is cloned with git, and the clone pulls. Returns the clone.
+    """
+    def roundtrip(project: Path, target: str) -> Path:
+        from dvc.repo import Repo
+
+        with Repo(str(project)) as repo:  # what git must not hold: every cached output
+            cached = sorted("/" + Path(o.fs_path).relative_to(project).as_posix()
+                            for o in repo.index.outs if o.use_cache)
+        (project / ".gitignore").write_text("\n".join(["__pycache__/", "mlflow/", *cached]) + "\n")
+        remote = tmp_path_factory.mktemp("dvc_remote")
+        for args in (["config", "core.no_scm", "false"], ["remote", "add", "-d", "team", str(remote)]):
+            assert run_dvc(args, project).returncode == 0
+        _git(["init", "-q"], project)
+        _git(["add", "-A"], project)
+        _git(["commit", "-q", "-m", "smoke run"], project)
+        push = run_dvc(["push", "--with-deps", target], project)
+        assert push.returncode == 0, push.stdout[-2000:] + push.stderr[-2000:]
+        clone = tmp_path_factory.mktemp("clone") / "repo"
+        _git(["clone", "-q", str(project), str(clone)], clone.parent)
+        pull = run_dvc(["pull", "--with-deps", target], clone)
+        assert pull.returncode == 0, pull.stdout[-2000:] + pull.stderr[-2000:]
+        return clone
+    return roundtrip
+
+
 # ---- the project's import graph, read from the source (no module is imported)
 
 class ImportGraph:

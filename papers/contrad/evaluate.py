@@ -31,6 +31,7 @@ from shared import checkpoint, config, data, records
 from shared.cli import run_stage, stage_parser
 from shared.device import to_device
 from shared.io import atomic_write
+from shared.metrics import FID_RECORD_KEYS
 from shared.stage import start
 from shared.trainers.linear_eval import extract_features, train_linear
 
@@ -99,8 +100,8 @@ def run(args: argparse.Namespace) -> dict:
 
     if method != "simclr":  # a GAN: its FID and IS at the best-FID evaluation, one file per reported table
         cell = table1_cell(t)
-        common = dict(fid_label=t["fid_label"], best_step=t["best"]["step"],
-                      fid_samples=t["fid_samples"], steps=t["steps"], kimg=t["kimg"])
+        common = dict(best_step=t["best"]["step"], fid_samples=t["fid_samples"], steps=t["steps"], kimg=t["kimg"],
+                      **{k: t[k] for k in FID_RECORD_KEYS if k in t})  # label, sample counts, reference, IS
         for name in ("fid", "is"):
             values = {k: v for k, v in cell.items() if k.startswith(f"{name}_")}
             written[f"table1_{name}.json"] = stage.record(values, table=f"table1_{name}", row=row, **common,

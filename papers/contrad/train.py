@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> dict | None:
     if method.g_loss is not None:  # a D-only run has no generator worth scoring
         test_x, _ = data.load_prepared(args.prepared, "test")
         scorer = metrics.make_scorer(test_x, cfg.metrics.inception_weights, cfg.metrics.extractor, device,
-                                     cfg.metrics.is_splits)
+                                     cfg.metrics.is_splits, reference="CIFAR-10 test set")
         train_cfg = dataclasses.replace(cfg.train, best_key=f"fid_{scorer.kind}")
         evaluate = fid_evaluate(scorer, cfg.fid_samples, 500, device, z_dim)
 
@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> dict | None:
         best = {k: v for k, v in (result.best or {}).items() if k != "step" and isinstance(v, (int, float))}
         record = stage.record(
             best, row=name, architecture=args.architecture, method=args.method, method_name=method.name,
-            fid_label=None if scorer is None else scorer.label, fid_samples=cfg.fid_samples,
-            fid_reference="CIFAR-10 test set", reference_is=None if scorer is None else scorer.reference_is,
+            fid_samples=cfg.fid_samples, **({"fid_label": None} if scorer is None else scorer.describe(cfg.fid_samples)),
+            reference_is=None if scorer is None else scorer.reference_is,
             best=result.best, history=result.history, steps=result.steps,
             kimg=result.steps * cfg.train.batch_size / 1000,
             train_seconds=round(result.train_seconds))  # the checkpoint's: a re-run of a finished one says the same

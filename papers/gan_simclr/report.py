@@ -3,25 +3,35 @@
     python -m papers.gan_simclr.report --reported papers/gan_simclr/reported.yaml \\
         --metrics-dir papers/gan_simclr/outputs/pretrain --scale mini \\
         --out papers/gan_simclr/results/mini [--log]
+    python -m papers.gan_simclr.report --scale mini --out papers/gan_simclr/results/mini --from-runs
 
 Reads every ``*.json`` under --metrics-dir (recursively) that is a pretrain metrics file: one per
 (optimizer, fake_count, seed), with ``row``, ``seed``, ``metrics.linear_eval_acc``, ``fake_count``,
 ``real_count``, ``optimizer`` and ``curve`` ([{epoch, linear_test_acc}], epochs counted from 1).
 Files without ``paper`` / ``row`` (a seed the scale skips writes ``{"skipped": ...}``) and files
 under --out are passed over. A file of another scale raises (shared.comparison.compare).
+The committed copies of the records under ``<out>/runs/`` (or --runs) are read too, --metrics-dir's
+winning where both have a run (shared.records.gather); --from-runs reads those copies alone, so a
+table and its claims can be recomputed without re-running. Every record read is copied into
+``<out>/runs/`` (``pretrain/<run>/metrics.json``, ``gan/metrics.json``).
 
 Writes into --out, atomically:
   table1.md / .json   reported vs reproduced, mean ± sample std (ddof=1) over seeds
   figure3.png         linear-eval accuracy per pre-training epoch, a curve per fake count
                       (mean, ± std band), a panel per optimiser
   figure4.png / .json accuracy at equal compute (Sec. 5.2), see :func:`equal_compute`
+  table1_vs_reported.png  each row's seeds, mean ± std beside the paper's number (shared.report)
+  gan_samples.png     the GAN's sample grids at its best-FID and last steps (with --gan-metrics)
   claims.json         the three claims' numbers, rules and verdicts, see :func:`claims`
 With --log, the table and these files go to the MLflow comparison run `compare/table1/<scale>`.
 
-Deviation (documented, on purpose): the paper gives no statistical test. A claim's verdict here
-uses a simple rule, a difference against the combined std sqrt(s1^2 + s2^2) of the two setups'
-seed spreads, which needs at least 2 seeds per setup: with one seed (std unknown) every verdict
-is "inconclusive". Sec. 5.2 says "200 epochs for 1000 fake samples"; the 10000-fake setup is
+Deviation (documented, on purpose): the paper gives no statistical test. The suite's (shared.claims),
+on the per-seed values at alpha = 0.05: claim (a) is the one-sided t-test of the OLS slope of
+accuracy on the fake count over every seed's point of the LARS rows; (b) and (c) are one-sided
+Welch t-tests of the claimed best setup against each other setup, Holm-corrected. A claim "holds"
+or "does not hold" when the claimed or the opposite direction is significant, else it is
+"inconclusive", as it is with fewer than 2 seeds in a setup or a setup not run.
+Sec. 5.2 says "200 epochs for 1000 fake samples"; the 10000-fake setup is
 meant (5000 / 15000 * 600 = 200), and 10000 is what is used.
 """
 from __future__ import annotations
@@ -32,12 +42,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from shared import records
-from shared.claims import FAILS, HOLDS, INCONCLUSIVE, STD_NOTE, combined_std, is_best
+from shared import claims as claim_tests
+from shared.claims import STD_NOTE
 from shared.comparison import SchemaError, compare
 from shared.io import atomic_write_text
-from shared.report import Report, band, figure, not_run, report_parser, run_report, seed_stats
+from shared.report import Report, band, figure, not_run, report_parser, run_report, runs_dir, seed_stats
 
 PAPER, TABLE = "gan_simclr", "table1"
 OPTIMIZERS = {"adam": "Adam", "lars": "LARS"}  # metrics-file name -> the paper's label
@@ -181,57 +193,38 @@ def equal_compute(runs: list[Run]) -> dict:
 
 # ---------------------------------------------------------------- claims
 
-def _numbers(stats: dict[int, dict | None]) -> dict:
-    return {f"{k} fakes": v for k, v in stats.items()}
+def _named(values: dict[int, list[float] | None]) -> dict[str, list[float] | None]:
+    return {f"{k} fakes": v for k, v in sorted(values.items())}
 
 
-def more_fakes_better(stats: dict[int, dict | None]) -> dict:
-    """Claim (a)'s rule on {fake_count: {mean, std, n} or None (not run)}."""
-    rule = ("holds if the means increase strictly with the fake count AND mean(most fakes) - "
-            "mean(0 fakes) > sqrt(s_most^2 + s_0^2); does not hold if mean(most fakes) is below "
-            "mean(0 fakes) by more than that; else inconclusive. Needs >= 2 seeds (std known)")
-    out = {"rule": rule, "numbers": _numbers(stats)}
-    ks = sorted(stats)
-    base, most = stats[ks[0]], stats[ks[-1]]
-    if base is None or most is None:
-        return {**out, "verdict": INCONCLUSIVE, "reason": f"not run: {ks[0]} or {ks[-1]} fakes"}
-    diff, comb = most["mean"] - base["mean"], combined_std(most, base)
-    out.update(difference=diff, combined_std=comb)
-    if comb is None:
-        return {**out, "verdict": INCONCLUSIVE, "reason": "fewer than 2 seeds: std unknown"}
-    if -diff > comb:  # decided by the two ends alone, even with a middle setup not run
-        return {**out, "verdict": FAILS, "reason": f"{ks[-1]} fakes below 0 fakes: {diff:+.2f}, "
-                                                   f"beyond {comb:.2f}"}
-    if missing := [k for k, s in stats.items() if s is None]:
-        return {**out, "verdict": INCONCLUSIVE, "reason": f"not run: fake counts {missing}"}
-    monotone = all(stats[a]["mean"] < stats[b]["mean"] for a, b in zip(ks, ks[1:]))
-    out["monotone"] = monotone
-    if monotone and diff > comb:
-        return {**out, "verdict": HOLDS, "reason": f"monotone, and {diff:+.2f} > {comb:.2f}"}
-    return {**out, "verdict": INCONCLUSIVE,
-            "reason": f"monotone={monotone}, difference {diff:+.2f} vs combined std {comb:.2f}"}
+def more_fakes_better(values: dict[int, list[float] | None]) -> dict:
+    """Claim (a) on {fake_count: per-seed accuracies, or None / [] (not run)}: the one-sided t-test of
+    the OLS slope over every seed's point (shared.claims.increases), in % per 1000 fake images."""
+    return claim_tests.increases(_named(values), {f"{k} fakes": k / 1000 for k in values},
+                                 x_unit="1000 fake images")
 
 
-def best_of(stats: dict[int, dict | None], target: int) -> dict:
-    """Claims (b) and (c): is `target` fakes the best setup? (shared.claims.is_best on named setups)"""
-    return is_best({f"{k} fakes": v for k, v in stats.items()}, f"{target} fakes")
+def best_of(values: dict[int, list[float] | None], target: int) -> dict:
+    """Claims (b) and (c): is `target` fakes the best setup? One-sided Welch t-tests against each other
+    setup, Holm-corrected (shared.claims.best_of)."""
+    return claim_tests.best_of(_named(values), f"{target} fakes")
 
 
-def claims(table_stats: dict[str, dict[int, dict | None]], figure4: dict) -> list[dict]:
-    """The paper's three claims, each with its numbers, rule and verdict.
+def claims(table_values: dict[str, dict[int, list[float] | None]], figure4: dict) -> list[dict]:
+    """The paper's three claims, each with its test, numbers and verdict.
 
-    ``table_stats``: {optimizer: {fake_count: {mean, std, n} or None}} from Table 1's rows.
+    ``table_values``: {optimizer: {fake_count: per-seed accuracies, or None / [] (not run)}} from
+    Table 1's rows; claim (c) reads figure 4's per-seed values at equal compute.
     """
-    adam_equal = {int(k): (None if e["mean"] is None else {x: e[x] for x in ("mean", "std", "n")})
-                  for k, e in figure4["adam"]["by_fake_count"].items()}
+    adam_equal = {int(k): e["values"] for k, e in figure4["adam"]["by_fake_count"].items()}
     adam_equal = {k: adam_equal.get(k) for k in sorted(set(FAKE_COUNTS) | set(adam_equal))}
     return [
         {"id": "a", "claim": "more fake images give higher accuracy with LARS",
          "source": "Sec. 5.1; Table 1 caption; Figure 3 caption", "data": "table1 lars rows",
-         **more_fakes_better(table_stats["lars"])},
+         **more_fakes_better(table_values["lars"])},
         {"id": "b", "claim": "10k fakes are best with Adam",
          "source": "Sec. 5.1; Table 1 caption", "data": "table1 adam rows",
-         **best_of(table_stats["adam"], 10000)},
+         **best_of(table_values["adam"], 10000)},
         {"id": "c", "claim": "at equal compute the baseline is best with Adam",
          "source": "Sec. 5.2; Figure 4 caption", "data": "figure4.json adam",
          **best_of(adam_equal, 0)},
@@ -287,6 +280,28 @@ def figure4(runs: list[Run], equal: dict, scale: str):
     return fig
 
 
+def gan_samples(samples_dir: str | Path, quality: dict, scale: str):
+    """The GAN's sample grids (G_ema, fixed latents) as the train_gan stage wrote them: the one at the
+    best-FID step, when a grid was drawn there (best.pt, the generator of pretrain's fakes), and the last."""
+    grids = {int(p.stem.removeprefix("step_")): p for p in sorted(Path(samples_dir).glob("step_*.png"))}
+    best, final = quality.get("best") or {}, quality.get("final") or {}
+    shown = [s for s in dict.fromkeys([best.get("step"), max(grids, default=None)]) if s in grids]
+    fig, axes = figure(max(len(shown), 1), width=4.6, height=5.0)
+    for ax, step in zip(axes, shown):
+        ax.imshow(np.asarray(Image.open(grids[step]).convert("RGB")))
+        ax.axis("off")
+        point = best if step == best.get("step") else final if step == final.get("step") else {}
+        fid = ", ".join(f"{k} {v:.2f}" for k, v in point.items() if k.startswith("fid_"))
+        role = "best FID: best.pt, the fakes' generator" if step == best.get("step") else "last"
+        ax.set_title(f"step {step} ({role})" + (f"\n{fid}" if fid else ""), fontsize=9)
+    if not shown:
+        not_run(axes[0], f"no sample grids in {samples_dir}")
+        axes[0].axis("off")
+    fig.suptitle(f"gan_simclr GAN samples, {quality.get('method') or 'GAN'}, scale {scale}"
+                 + (f"\n{quality['fid_label']}" if quality.get("fid_label") else ""), fontsize=10)
+    return fig
+
+
 # ---------------------------------------------------------------- the stage
 
 def gan_quality(gan_metrics: str | Path, scale: str) -> dict:
@@ -294,29 +309,43 @@ def gan_quality(gan_metrics: str | Path, scale: str) -> dict:
     record = records.read(gan_metrics)
     if record.scale != scale:
         raise ValueError(f"{gan_metrics} is from scale {record.scale!r}, the report is for {scale!r}")
-    keep = ("fid_label", "fid_samples", "fid_reference", "best", "final", "steps", "kimg", "train_images", "method")
+    # what the record says of its FID (shared.metrics.FIDScorer.describe: counts, reference, detector, IS source)
+    keep = ("fid_label", "fid_samples", "fid_n_generated", "fid_n_reference", "fid_reference", "fid_detector",
+            "is_label", "is_note", "best", "final", "steps", "kimg", "train_images", "method")
     return {k: record.extra.get(k) for k in keep}
 
 
-def make_report(reported: str | Path, metrics_dir: str | Path, scale: str, out: str | Path,
-                gan_metrics: str | Path | None = None, allow_dirty: bool = False) -> Report:
-    """Everything the module docstring lists, for one scale; returns what it wrote."""
+def make_report(reported: str | Path, metrics_dir: str | Path | None, scale: str, out: str | Path,
+                gan_metrics: str | Path | None = None, allow_dirty: bool = False,
+                runs: str | Path | None = None) -> Report:
+    """Everything the module docstring lists, for one scale; returns what it wrote.
+
+    The records are those under ``metrics_dir`` and ``gan_metrics`` with their committed copies under
+    ``runs`` (default ``<out>/runs``); ``metrics_dir`` None reads the copies alone.
+    """
     out = Path(out)
-    quality = gan_quality(gan_metrics, scale) if gan_metrics is not None else None
-    files = metrics_files(metrics_dir, exclude=out)
+    runs = out / records.RUNS if runs is None else Path(runs)
+    pretrain = records.gather(metrics_dir, runs / "pretrain", exclude=out,
+                              hint="make it with the pretrain stage (dvc repro papers/gan_simclr/dvc.yaml)")
+    gan_name = "metrics.json" if gan_metrics is None else Path(gan_metrics).name
+    gan = records.gather(None if gan_metrics is None else Path(gan_metrics).parent, runs / "gan", gan_name,
+                         recursive=False, hint="make it with the train_gan stage")
+    if gan_metrics is not None and not gan.files:
+        raise FileNotFoundError(f"metrics record not found: {gan_metrics} (nor a copy in {runs / 'gan'})")
+    quality = gan_quality(gan.files[gan_name], scale) if gan.files else None
+    files = pretrain.paths()
     if not files:
-        print(f"warning: no metrics files under {metrics_dir}; every row is 'not run'", file=sys.stderr)
+        print(f"warning: no metrics files under {metrics_dir} or {runs / 'pretrain'}; every row is 'not run'",
+              file=sys.stderr)
     # compare first: it validates every file and raises on another scale or paper, or an unknown row
     comparison = compare(reported, files, TABLE, scale, out)
     runs = load_runs(files, scale)
     by_id = {r.id: r for r in comparison.rows}
-    table_stats = {
-        optimizer: {k: (None if (row := by_id.get(row_id(optimizer, k))) is None or row.n == 0 else
-                        {"mean": row.reproduced_mean, "std": row.reproduced_std, "n": row.n})
-                    for k in FAKE_COUNTS}
-        for optimizer in OPTIMIZERS}
+    table_values = {optimizer: {k: (row.values if (row := by_id.get(row_id(optimizer, k))) is not None else [])
+                                for k in FAKE_COUNTS}
+                    for optimizer in OPTIMIZERS}
     equal = equal_compute(runs)
-    verdicts = claims(table_stats, equal)
+    verdicts = claims(table_values, equal)
     printed = {opt: ", ".join(f"{k}: {by_id[row_id(opt, k)].reported_mean:g}" for k in FAKE_COUNTS) for opt in OPTIMIZERS}
     for claim, text in zip(verdicts, (f"LARS, fakes {printed['lars']}", f"Adam, fakes {printed['adam']}",
                                       "Figure 4 (its values are not in the text)")):
@@ -325,25 +354,37 @@ def make_report(reported: str | Path, metrics_dir: str | Path, scale: str, out: 
                     paths={"table1.md": comparison.md_path, "table1.json": comparison.json_path})
     report.save_figure("figure3.png", figure3(runs, scale), dpi=120)
     report.save_figure("figure4.png", figure4(runs, equal, scale), dpi=120)
+    if gan_metrics is not None and Path(gan_metrics).is_file():  # train_gan writes its grids to samples/ beside it
+        report.save_figure("gan_samples.png", gan_samples(Path(gan_metrics).parent / "samples", quality, scale))
     report.write_json("figure4.json", {"metric": "linear_test_acc", "unit": "%", "std": STD_NOTE,
                                        "rule": EQUAL_COMPUTE_RULE, "optimizers": equal})
-    report.write_claims("single seed (std unknown) -> inconclusive; the rules are this suite's, not the paper's")
+    report.write_claims("the tests are this suite's, not the paper's (it gives none); fewer than 2 seeds in a "
+                        "setup -> inconclusive; per-run records in runs/")
     if quality is not None:
         report.write_json("gan_quality.json", quality)
     # the headline numbers as flat JSON for DVC (`dvc metrics show / diff`): each row's mean, std, seeds
     atomic_write_text(out / "summary.json", json.dumps({
         TABLE: {r.id: {"mean": r.reproduced_mean, "std": r.reproduced_std, "n": r.n} for r in comparison.rows if r.n},
         "claims": {c["id"]: c["verdict"] for c in verdicts}}, indent=2) + "\n")
+    pretrain.copy_to(out / records.RUNS / "pretrain")  # last: only a report that finished commits its inputs
+    gan.copy_to(out / records.RUNS / "gan")
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = report_parser(PAPER, __doc__)
-    parser.add_argument("--metrics-dir", type=Path, required=True, help="the pretrain stage's outputs")
+    parser.add_argument("--metrics-dir", type=Path, default=None,
+                        help="the pretrain stage's outputs (required unless --from-runs)")
     parser.add_argument("--gan-metrics", type=Path, default=None,
                         help="the train_gan stage's metrics.json: its FID goes into gan_quality.json")
-    return run_report(parser, lambda a: make_report(a.reported, a.metrics_dir, a.scale, a.out, a.gan_metrics,
-                                                    a.allow_dirty), argv)
+
+    def make(a) -> Report:
+        if a.metrics_dir is None and not a.from_runs:
+            raise ValueError("--metrics-dir is required (or --from-runs: the committed records alone)")
+        return make_report(a.reported, None if a.from_runs else a.metrics_dir, a.scale, a.out,
+                           None if a.from_runs else a.gan_metrics, a.allow_dirty, runs_dir(a))
+
+    return run_report(parser, make, argv)
 
 
 if __name__ == "__main__":

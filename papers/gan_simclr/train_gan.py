@@ -7,6 +7,8 @@ Writes `<out>/best.pt` (G_ema at the best FID), `<out>/checkpoint.pt` (resumable
 FID is measured on `fid_samples` G_ema samples against the full CIFAR-10 test set,
 with Inception weights when `metrics.inception_weights` names a file, otherwise with
 the suite's in-domain extractor; the metric key says which (`fid_inception` / `fid_indomain`).
+The Inception pool3 file has no logits: IS is then the in-domain one (`is_indomain`, the
+record's `is_note` says so). The record names the sample counts and reference set of the FID.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
                                device=device)
     test_x, _ = data.load_prepared(args.prepared, "test")
     scorer = metrics.make_scorer(test_x, cfg.metrics.inception_weights, cfg.metrics.extractor, device,
-                                 cfg.metrics.is_splits)
+                                 cfg.metrics.is_splits, reference="CIFAR-10 test set")
     fid_key = f"fid_{scorer.kind}"
     # The best checkpoint is the lowest FID under the detector actually used.
     train_cfg = dataclasses.replace(cfg.train, best_key=fid_key)
@@ -56,8 +58,8 @@ def run(args: argparse.Namespace) -> dict:
                            z_dim=cfg.architecture.z_dim, evaluate=evaluate)
         best = {k: v for k, v in result.best.items() if k != "step" and isinstance(v, (int, float))}
         record = stage.record(
-            best, method=method.name, fid_label=scorer.label, fid_samples=cfg.fid_samples,
-            fid_reference="CIFAR-10 test set", best=result.best, final=result.history[-1],
+            best, method=method.name, fid_samples=cfg.fid_samples, **scorer.describe(cfg.fid_samples),
+            best=result.best, final=result.history[-1],
             history=result.history, steps=result.steps, kimg=result.steps * cfg.train.batch_size / 1000,
             train_images=len(subset))
         stage.write(record, logger=log)

@@ -16,6 +16,11 @@ N views: the mean of that symmetric two-view loss over the N(N-1)/2 pairs of vie
 
 Heads: both MLPs are ``Linear(4096) - BN - ReLU - Linear(256)`` (Sec. 3.3), built with
 :func:`shared.models.mlp_head`.
+
+Under torchrun nothing is gathered: the loss is a mean of per-sample terms, so the ranks' means,
+averaged by DistributedDataParallel, give the global batch's gradient. What the official code makes
+global is batch norm (cross-replica statistics): ``sync_batchnorm: true`` in the trainer's config. The
+target network is updated alike on every rank from the same online weights.
 """
 from __future__ import annotations
 

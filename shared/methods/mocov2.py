@@ -29,6 +29,15 @@ official CIFAR-10 demo does: every ``BatchNorm2d`` of the backbone (query and ke
 S groups of the batch separately (:class:`SplitBatchNorm2d`) and the key batch is shuffled
 before the key encoder and unshuffled after it. ``bn_splits=1`` (the default) is one device with
 synchronised batch norm, without the emulation. The demo uses 8 splits.
+
+Under torchrun, as the official code does: each rank's queries are its own rows, their positives
+its own keys, their negatives the queue; the loss is the mean over the rank's queries (averaged over
+ranks by DistributedDataParallel, the global mean). Every rank enqueues the keys of the global batch
+(gathered in rank order, so the queue is the one a single process would hold, the same on every
+rank). The key batch is shuffled across ranks before the key encoder (rank 0 draws the permutation)
+and unshuffled after it, so that each rank's batch norm normalises a query and its key with the
+statistics of different samples; batch norms stay per rank (no SyncBatchNorm). ``bn_splits`` still
+splits each rank's share, on top of that.
 """
 from __future__ import annotations
 
@@ -36,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared import distributed
 from shared.losses import infonce_with_queue
 from shared.methods.base import (Logs, SSLMethod, check_views, feature_dim as _feature_dim, momentum_copy,
                                  momentum_update)
@@ -140,16 +150,28 @@ class MoCoV2(SSLMethod):
         losses = [infonce_with_queue(q, k, queue, self.temperature) for k in keys]
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         if self.training:
-            self._enqueue(keys[0])
+            self._enqueue(distributed.gather(keys[0]))  # the global batch's keys, in rank order
         return loss, {}
 
     def _keys(self, v: torch.Tensor) -> torch.Tensor:
+        if distributed.active():
+            return self._keys_shuffled_across_ranks(v)
         if self.bn_splits == 1:
             return F.normalize(self.key_head(self.key_encoder(v)).float(), dim=1)
         # shuffled BN: the key of sample b is normalised in another group than its query
         perm = torch.randperm(v.shape[0]).to(v.device)
         k = self.key_head(self.key_encoder(v[perm]))
         return F.normalize(k[torch.argsort(perm)].float(), dim=1)
+
+    def _keys_shuffled_across_ranks(self, v: torch.Tensor) -> torch.Tensor:
+        """The official shuffled BN across ranks: keys of a random share of the global batch, unshuffled."""
+        b, r = v.shape[0], distributed.rank()
+        everyone = distributed.gather(v)
+        perm = distributed.broadcast(torch.randperm(everyone.shape[0]).to(v.device))  # rank 0's permutation
+        k = self.key_head(self.key_encoder(everyone[perm[r * b:(r + 1) * b]]))
+        # row j of the gathered keys is the key of sample perm[j]; argsort(perm) puts them back in order
+        k = distributed.gather(k)[torch.argsort(perm)]
+        return F.normalize(k[r * b:(r + 1) * b].float(), dim=1)
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:

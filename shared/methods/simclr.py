@@ -6,12 +6,19 @@ goes through the network on its own, as in that code, so batch-norm statistics a
 
 N views: the mean of the two-view NT-Xent over the N(N-1)/2 pairs of views; with 2 views it
 is the official loss itself.
+
+Under torchrun the projections are gathered over the ranks (:func:`shared.distributed.gather`,
+gradient included) before the loss, so each anchor's negatives are the 2B - 2 other samples of
+the global batch B, as in the official code (its ``tpu_cross_replica_concat``). Every rank computes
+the loss over all 2B anchors, where the official code computes only its own anchors' rows against
+the gathered keys: the same loss and gradient, for O(B^2) extra work that is small beside the network.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from shared import distributed
 from shared.losses import nt_xent
 from shared.methods.base import Logs, SSLMethod, check_views, feature_dim as _feature_dim, mean_over_pairs
 from shared.models.heads import simclr_projector
@@ -38,5 +45,5 @@ class SimCLR(SSLMethod):
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, Logs]:
         check_views(views, "SimCLR")
-        z = [self.projector(self.encoder(v)) for v in views]
-        return mean_over_pairs([zi.float() for zi in z], lambda a, b: nt_xent(a, b, self.temperature)), {}
+        z = [distributed.gather(self.projector(self.encoder(v)).float()) for v in views]  # the global batch
+        return mean_over_pairs(z, lambda a, b: nt_xent(a, b, self.temperature)), {}

@@ -6,6 +6,12 @@ view goes through the network on its own, as in the official ``VICReg.forward``.
 
 N views: the mean of the two-view loss (and of each logged part) over the N(N-1)/2 pairs of
 views; with 2 views it is the official loss itself.
+
+Under torchrun the expander outputs are gathered over the ranks (:func:`shared.distributed.gather`,
+the official ``FullGatherLayer``: all_gather forward, all-reduce of the gradients backward) before
+the loss, so the variance and covariance terms see the global batch. The official code takes the
+invariance term on each rank's own rows before gathering; over the gathered rows it is the same
+mean squared error (the ranks' shares are equal) and the same gradient.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from shared import distributed
 from shared.losses import vicreg
 from shared.methods.base import Logs, SSLMethod, check_views, feature_dim as _feature_dim
 from shared.models.heads import vicreg_expander
@@ -38,7 +45,7 @@ class VICReg(SSLMethod):
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, Logs]:
         check_views(views, "VICReg")
-        z = [self.projector(self.encoder(v)).float() for v in views]
+        z = [distributed.gather(self.projector(self.encoder(v)).float()) for v in views]  # the global batch
         losses, parts = [], []
         for a, b in itertools.combinations(z, 2):
             loss, part = vicreg(a, b, self.sim_coeff, self.std_coeff, self.cov_coeff, return_parts=True)

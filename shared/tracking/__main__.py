@@ -2,7 +2,8 @@
 
     python -m shared.tracking compare --reported papers/X/reported.yaml --metrics 'glob'
         --table table1 --scale mini --out DIR [--log]     a reported-vs-reproduced table (shared.comparison)
-    python -m shared.tracking rebuild [--results 'papers/*/results']   the committed results -> the store
+    python -m shared.tracking rebuild [--results 'papers/*/results'] [--scales mini paper]
+                                                                        the committed results -> the store
     python -m shared.tracking ui [--port 5000]                           the MLflow UI on the store
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 from shared.comparison import RESULTS, compare, log_comparison
-from shared.config import SCALES
+from shared.config import COMMITTED_SCALES, SCALES
 from shared.tracking import default_tracking_uri, local_sqlite_path
 from shared.tracking.store import links, rebuild, ui_command
 
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("rebuild", help="load the committed results (papers/*/results) into the store")
     p.add_argument("--results", nargs="+", default=list(RESULTS),
                    help="results folders or globs, relative to the repository (default: %(default)s)")
+    p.add_argument("--scales", nargs="+", default=list(COMMITTED_SCALES), choices=SCALES,
+                   help="the scales to load (default: the committed ones, %(default)s; smoke results "
+                        "are local, e.g. pulled from a DVC remote)")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or <repo>/mlflow")
     p = sub.add_parser("ui", help="the MLflow UI on the store (mlflow ui, one worker)")
     p.add_argument("--port", type=int, default=5000)
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or <repo>/mlflow")
     args = parser.parse_args(argv)
     if args.command == "rebuild":
-        actions = rebuild(args.results, args.tracking_uri)
+        actions = rebuild(args.results, args.tracking_uri, scales=args.scales)
         for action, name, run_id in actions:
             print(f"{action:9s} {name}  {run_id}")
         counts = {kind: sum(a == kind for a, _, _ in actions) for kind in ("created", "unchanged", "deleted", "skipped")}

@@ -19,13 +19,14 @@ from typing import Any
 
 from shared.comparison import (RESULTS, Comparison, SchemaError, display_path, log_claims, log_comparison,
                                results_dirs)
+from shared.config import COMMITTED_SCALES
 from shared.provenance import git_commit
 from shared.scorecard import load_claims, scorecard
 from shared.tracking import (NOTE_TAG, MLflowLogger, default_tracking_uri, note, replace_others, runs_like,
                              search_all, view_links)
 
 # Bump when `rebuild` logs a run differently: every rebuilt run's digest changes and it is remade.
-REBUILD_VERSION = "2"
+REBUILD_VERSION = "3"
 SWEEP_KEYS = {"paper", "stage", "study", "scale", "objective", "trials"}  # a sweep's summary.json
 
 
@@ -154,7 +155,8 @@ def _plan(folder: Path, source: str, root: str | Path | None, tmp: Path) -> list
 
 
 def rebuild(patterns: Iterable[str] = RESULTS, tracking_uri: str | None = None,
-            root: str | Path | None = None) -> list[tuple[str, str, str]]:
+            root: str | Path | None = None,
+            scales: Iterable[str] = COMMITTED_SCALES) -> list[tuple[str, str, str]]:
     """Re-create the MLflow runs of the committed results, so a fresh clone can browse them.
 
     For every results folder (:func:`results_dirs`): each comparison table (`<table>.json` as
@@ -181,7 +183,7 @@ def rebuild(patterns: Iterable[str] = RESULTS, tracking_uri: str | None = None,
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(tracking_uri=uri)
     actions: list[tuple[str, str, str]] = []
-    for folder in results_dirs(patterns, root):
+    for folder in results_dirs(patterns, root, scales):
         source = display_path(folder, root)
         with tempfile.TemporaryDirectory() as tmp:
             planned = _plan(folder, source, root, Path(tmp))

@@ -53,6 +53,18 @@ instances), for each D step and the G step; with a loader that shuffles uniforml
 the conditions have the same distribution, but here a fake and a real of one batch
 share their condition. Without a provider (None) nothing changes: the same calls,
 the same random draws.
+
+Under torchrun (`shared.distributed`) every rank runs this loop on its share of each
+global batch of `batch_size` reals, with as many fakes of its own latents; after each
+backward the gradients of D (D step) or G (G step) are averaged over the ranks with one
+all-reduce, as StyleGAN2-ADA's multi-GPU loop does (not DistributedDataParallel: R1
+differentiates through D twice, and D runs several forwards per step), so every rank
+takes the single-process step on the global batch. Layers that mix samples (StyleGAN2's
+minibatch-stddev groups) see only the rank's share, as on the official multi-GPU runs.
+Rank 0 samples, evaluates (the metrics reach every rank), logs and writes the files;
+the checkpoint holds nothing that depends on the world size. Each rank draws its latents
+and augmentations from its own stream, re-seeded at every checkpoint, so a resumed run
+draws what the uninterrupted one drew.
 """
 from __future__ import annotations
 
@@ -69,11 +81,11 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from shared import checkpoint
+from shared import checkpoint, distributed
 from shared.device import autocast, prepare_batch
 from shared.gan_losses import Augment, GANMethod, discriminate, r1_penalty
 from shared.io import atomic_write
-from shared.tracking import Logger
+from shared.tracking import Logger, NullLogger
 from shared.trainers.common import EpochLoader, NonFiniteLossError
 from shared.trainers.conditions import (  # noqa: F401 - re-exported: callers import them from here
     ClassConditions, ConditionedBatch, ConditionProvider, InstanceConditions, knn_neighbourhoods)
@@ -277,8 +289,9 @@ def warmup_factor(warmup_steps: int) -> Callable[[int], float]:
 
 
 def check_finite(loss: Tensor, what: str, step: int) -> float:
-    """The loss as a float; NonFiniteLossError naming `what`, the value and the step if it is NaN or infinite."""
-    value = loss.item()
+    """The loss as a float (under torchrun its mean over the ranks, so every rank decides alike);
+    NonFiniteLossError naming `what`, the value and the step if it is NaN or infinite."""
+    value = distributed.mean(loss).item()
     if not math.isfinite(value):
         raise NonFiniteLossError(f"non-finite {what} loss {value} at step {step}")
     return value
@@ -337,6 +350,7 @@ def d_step(G: nn.Module, D: nn.Module, method: GANMethod, real: Tensor, opt_d: t
     logs = {**logs, "d/total": check_finite(loss, "D", step)}
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(D.parameters())  # under torchrun: the global batch's gradient
     opt_d.step()
     return logs
 
@@ -356,6 +370,7 @@ def g_step(G: nn.Module, D: nn.Module, method: GANMethod, opt_g: torch.optim.Opt
     logs = {**logs, "g/total": check_finite(loss, "G", step)}
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(G.parameters())
     opt_g.step()
     D.requires_grad_(True)
     return logs
@@ -382,11 +397,21 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
     and `best.pt` and `samples/` are then rewritten from it (a fresh start removes them);
     a checkpoint from before this rule raises CheckpointError. Raises NonFiniteLossError
     naming the step and value if a loss diverges.
+
+    Under torchrun (see the module docstring) `loader` is the same global loader on every rank
+    and `evaluate` runs on rank 0; only rank 0 logs and writes files.
     """
     out_dir = Path(out_dir)
     ckpt_path, best_path = out_dir / "checkpoint.pt", out_dir / "best.pt"
     if len(loader) == 0:
         raise ValueError("the loader yields no batches (fewer images than batch_size with drop_last?)")
+    distributed.setup(device)
+    main, world = distributed.is_main(), distributed.world_size()
+    if not main:
+        logger = NullLogger()
+    loader = distributed.shard(loader, cfg.batch_size)
+    rank_batch = cfg.batch_size // world  # this rank's share of every batch
+    base_seed = torch.initial_seed()  # each rank's stream per checkpoint interval derives from it
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas, eps=1e-8)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas, eps=1e-8)
@@ -396,7 +421,7 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
     step, epoch, batches_done, history, best = 0, 0, 0, [], None
     best_G_ema, samples, train_seconds = None, {}, 0.0  # G_ema's state at `best`; file name -> PNG bytes
 
-    state = checkpoint.load(ckpt_path, map_location=device)
+    state = distributed.load_checkpoint(ckpt_path, map_location=device)
     if state is not None:
         if missing := [k for k in ("best_G_ema", "samples", "train_seconds") if k not in state]:
             raise checkpoint.CheckpointError(
@@ -414,22 +439,28 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
         history, best = state["history"], state["best"]
         best_G_ema, samples, train_seconds = state["best_G_ema"], state["samples"], state["train_seconds"]
         checkpoint.set_rng_state(state["rng"])
-        print(f"resumed from {ckpt_path} at step {step}")
-    write_outputs(out_dir, best, best_G_ema, samples)
+        if main:
+            print(f"resumed from {ckpt_path} at step {step}")
+    if main:
+        write_outputs(out_dir, best, best_G_ema, samples)
+    distributed.broadcast_state(G, D, G_ema)  # every rank starts from rank 0's networks
+    distributed.seed_rank(base_seed, step)
 
     G.train()
     D.train()
     reals = endless_batches(loader, epoch, batches_done)
     grid_c = None if condition is None else condition.fixed(cfg.n_sample_grid, cfg.sample_seed, device)
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"gan {method.name}", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"gan {method.name}", unit="step",
+               disable=not progress or not main)
     seconds_before, started = train_seconds, time.perf_counter()
     while step < cfg.steps:
         # ---- D: real batch, fakes without gradient, method's D loss (+ R1)
         for k in range(cfg.d_steps_per_g):
             epoch, batches_done, batch = next(reals)
             x, c_real, c_fake = (batch[0], None, None) if condition is None else condition.sample(batch, device)
-            if x.shape[0] != cfg.batch_size:
-                raise ValueError(f"got a batch of {x.shape[0]}, expected batch_size={cfg.batch_size}; "
+            if x.shape[0] != rank_batch:
+                share = f" ({world} ranks, {rank_batch} each)" if world > 1 else ""
+                raise ValueError(f"got a batch of {x.shape[0]}, expected batch_size={cfg.batch_size}{share}; "
                                  f"build the loader with that batch size and drop_last=True")
             real = to_model_range(x, device)
             if cfg.mirror:
@@ -441,7 +472,7 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
         # ---- G: method's G loss through the frozen D, then the EMA of G (a D-only method skips it)
         g_logs = {}
         if method.g_loss is not None:
-            g_logs = g_step(G, D, method, opt_g, cfg, cfg.batch_size, z_dim, device, step + 1, c_fake=c_fake)
+            g_logs = g_step(G, D, method, opt_g, cfg, rank_batch, z_dim, device, step + 1, c_fake=c_fake)
             sched_g.step()
         sched_d.step()
         step += 1
@@ -452,10 +483,11 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
         # ---- log, sample, evaluate, checkpoint
         last = step == cfg.steps
         if step % cfg.log_every == 0:
-            logger.log_metrics({**{f"train/{k}": v for k, v in {**d_logs, **g_logs}.items()},
+            logs = distributed.mean_logs({**d_logs, **g_logs})  # the global batch's (means over ranks)
+            logger.log_metrics({**{f"train/{k}": v for k, v in logs.items()},
                                 "train/ema_beta": beta, "train/kimg": step * cfg.batch_size / 1000}, step=step)
-            bar.set_postfix({k.split("/")[0]: f"{v:.3f}" for k, v in {**d_logs, **g_logs}.items() if k.endswith("/total")})
-        if step % cfg.sample_every == 0 or last:
+            bar.set_postfix({k.split("/")[0]: f"{v:.3f}" for k, v in logs.items() if k.endswith("/total")})
+        if (step % cfg.sample_every == 0 or last) and main:
             images = sample_images(G_ema, cfg.n_sample_grid, cfg.batch_size, cfg.sample_seed, device, z_dim=z_dim,
                                    c=grid_c)
             grid = image_grid(images, nrow=math.ceil(math.sqrt(cfg.n_sample_grid)))
@@ -464,25 +496,32 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
             atomic_write(out_dir / "samples" / name, lambda f: f.write(samples[name]))
             logger.log_image(grid, f"samples/{name}")
         if evaluate is not None and (step % cfg.eval_every == 0 or last):
-            with RNGPreserved():
-                metrics = evaluate(G_ema, step)
+            metrics = None
+            if main:
+                with RNGPreserved():
+                    metrics = evaluate(G_ema, step)
+            metrics = distributed.broadcast_object(metrics)
             history.append({"step": step, **metrics})
             logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)
             value = metrics.get(cfg.best_key)
             if value is not None and (best is None or value < best[cfg.best_key]):
                 best = {"step": step, cfg.best_key: value}
                 best_G_ema = copy.deepcopy(G_ema.state_dict())  # a copy: G_ema moves on
-                checkpoint.save(best_path, {"G_ema": best_G_ema, **best})
+                if main:
+                    checkpoint.save(best_path, {"G_ema": best_G_ema, **best})
         if step % cfg.checkpoint_every == 0 or last:
             # The last checkpoint's seconds are the result's, so a resumed finished run reports the same.
             train_seconds = seconds_before + time.perf_counter() - started
-            checkpoint.save(ckpt_path, {
-                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
-                "step": step, "epoch": epoch, "batches_done": batches_done, "history": history, "best": best,
-                "best_G_ema": best_G_ema, "samples": samples, "train_seconds": train_seconds,
-                "rng": checkpoint.rng_state(), "config": dataclasses.asdict(cfg),
-            })
+            if main:
+                checkpoint.save(ckpt_path, {
+                    "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+                    "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                    "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
+                    "step": step, "epoch": epoch, "batches_done": batches_done, "history": history, "best": best,
+                    "best_G_ema": best_G_ema, "samples": samples, "train_seconds": train_seconds,
+                    "rng": checkpoint.rng_state(), "config": dataclasses.asdict(cfg),
+                })
+            distributed.barrier()  # the others wait while rank 0 writes
+            distributed.seed_rank(base_seed, step)  # a run resumed here draws the same numbers
     bar.close()
     return GANResult(G_ema=G_ema, history=history, best=best, steps=step, train_seconds=train_seconds)

@@ -8,6 +8,14 @@ encoder); evaluate every ``eval_every`` epochs; checkpoint atomically at the end
 would have done: the checkpoint holds the method's whole state (encoder, heads, target
 network, queue), the optimiser, scheduler, step, the evaluation history and every RNG,
 and the loader's order is a function of (seed, epoch).
+
+Under ``torchrun`` (:mod:`shared.distributed`) the same loop runs on every rank: ``batch_size``
+is the global batch and each rank trains on its slice of it; the method gathers the embeddings its
+loss needs over the global batch; DistributedDataParallel averages the gradients, so every rank
+takes the single-process step on the global batch. ``sync_batchnorm`` turns the batch norms into
+SyncBatchNorm (CUDA only). Rank 0 evaluates, logs and writes the checkpoint (the others wait at a
+barrier); the checkpoint holds nothing that depends on the world size, so a run resumes on any
+number of processes that divides ``batch_size``.
 """
 from __future__ import annotations
 
@@ -20,11 +28,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from shared import checkpoint
+from shared import checkpoint, distributed
 from shared.device import autocast, prepare_batch
 from shared.methods import SSLMethod
 from shared.optim import LARS, warmup_cosine
-from shared.tracking import Logger
+from shared.tracking import Logger, NullLogger
 from shared.trainers.common import EpochLoader, NonFiniteLossError  # noqa: F401 - part of this API
 
 Views = Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]  # views(x, index) -> N views of the batch
@@ -47,6 +55,10 @@ class SSLConfig:
     eval_every: int = 10  # epochs between evaluations; the last epoch is always evaluated
     checkpoint_every: int = 1  # epochs
     log_every: int = 10  # steps
+    # Under torchrun: batch norms use the statistics of the global batch (torch.nn.SyncBatchNorm, CUDA
+    # only), as the official SimCLR / BYOL / VICReg multi-device runs do; MoCo keeps per-rank statistics.
+    # Nothing changes on one process.
+    sync_batchnorm: bool = False
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_every", "checkpoint_every", "log_every"):
@@ -82,16 +94,18 @@ def make_schedule(cfg: SSLConfig, optimizer: torch.optim.Optimizer, steps_per_ep
 
 
 def ssl_step(method: SSLMethod, views: list[torch.Tensor], optimizer: torch.optim.Optimizer,
-             device: torch.device, *, step: int = 0, total_steps: int = 1) -> tuple[torch.Tensor, dict]:
+             device: torch.device, *, step: int = 0, total_steps: int = 1,
+             model: nn.Module | None = None) -> tuple[torch.Tensor, dict]:
     """One optimisation step on the views of one batch; returns the detached loss and the method's logs.
 
-    The method's forward (network and loss) runs under :func:`shared.device.autocast`; after
+    The method's forward (network and loss) runs under :func:`shared.device.autocast`, called
+    through ``model`` if given (the method's DistributedDataParallel wrapper under torchrun); after
     the optimiser step, ``method.after_step(step, total_steps)`` (if the method has one)
     updates its momentum state, ``step`` being the 0-based index of the step just taken.
     """
     views = [prepare_batch(v, device) for v in views]
     with autocast(device):
-        loss, logs = method(views)
+        loss, logs = (method if model is None else model)(views)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -115,15 +129,30 @@ def train_ssl(cfg: SSLConfig, method: SSLMethod, views: Views, loader: EpochLoad
     ``cfg.log_every`` steps the loss, the learning rate and the method's logs are logged as
     ``train/<name>``.
     Raises :class:`NonFiniteLossError` naming the step and value if the loss diverges.
+
+    Under torchrun (see the module docstring) ``loader`` is the same global loader on every rank;
+    ``evaluate`` runs on rank 0 and its metrics reach every rank's ``on_eval``; only rank 0 logs.
+    With ``cfg.sync_batchnorm`` the method's batch norms are replaced in place by SyncBatchNorm.
     """
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
+    distributed.setup(device)
+    main = distributed.is_main()
+    if not main:
+        logger = NullLogger()
+    if cfg.sync_batchnorm and distributed.active():
+        if getattr(method, "bn_splits", 1) > 1:
+            raise ValueError("sync_batchnorm: true would undo the method's bn_splits (MoCo's shuffled-BN "
+                             "emulation); set one of them off")
+        distributed.sync_batchnorm(method, device)
+    loader = distributed.shard(loader, cfg.batch_size)
+    base_seed = torch.initial_seed()  # each rank's per-epoch stream derives from it (distributed.seed_rank)
     optimizer = make_optimizer(cfg, method.trainable_parameters())
     scheduler = make_schedule(cfg, optimizer, len(loader))
     total_steps = cfg.epochs * len(loader)
     start_epoch, step, history = 0, 0, []
 
-    state = checkpoint.load(ckpt_path, map_location=device)
+    state = distributed.load_checkpoint(ckpt_path, map_location=device)
     if state is not None:
         if "method" not in state:
             raise checkpoint.CheckpointError(
@@ -134,42 +163,49 @@ def train_ssl(cfg: SSLConfig, method: SSLMethod, views: Views, loader: EpochLoad
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         checkpoint.set_rng_state(state["rng"])
-        print(f"resumed from {ckpt_path} at epoch {start_epoch} (step {step})")
+        if main:
+            print(f"resumed from {ckpt_path} at epoch {start_epoch} (step {step})")
 
+    model = distributed.wrap(method, device)  # DDP under torchrun, else the method itself
     method.train()
     bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, desc="ssl",
-               unit="epoch", disable=not progress)
+               unit="epoch", disable=not progress or not main)
     for epoch in bar:
+        distributed.seed_rank(base_seed, epoch)
         loader.set_epoch(epoch)
         for x, _, index in loader:
             batch_views = views(x, index)
-            loss, logs = ssl_step(method, batch_views, optimizer, device, step=step, total_steps=total_steps)
+            loss, logs = ssl_step(method, batch_views, optimizer, device, step=step, total_steps=total_steps,
+                                  model=model)
             scheduler.step()
             step += 1
-            value = loss.item()
+            value = distributed.mean(loss).item()  # the global batch's loss, the same on every rank
             if not math.isfinite(value):
                 raise NonFiniteLossError(
                     f"non-finite loss {value} at step {step} (epoch {epoch + 1}); "
                     f"last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none'}")
             if step % cfg.log_every == 0:
+                logs = distributed.mean_logs(logs)
                 logger.log_metrics({"train/loss": value, "train/lr": optimizer.param_groups[0]["lr"],
                                     **{f"train/{k}": float(v) for k, v in logs.items()}}, step=step)
                 bar.set_postfix(loss=f"{value:.4f}")
 
         done = epoch + 1
         if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.epochs):
-            metrics = evaluate(method.encoder)
+            metrics = distributed.broadcast_object(evaluate(method.encoder) if main else None)
             method.train()
             history.append({"epoch": done, **metrics})
             logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=done)
             if on_eval is not None:
                 on_eval(done, metrics)
         if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
-            checkpoint.save(ckpt_path, {
-                "method": method.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": done, "step": step, "history": history, "rng": checkpoint.rng_state(),
-                "config": dataclasses.asdict(cfg),
-            })
+            if main:
+                checkpoint.save(ckpt_path, {
+                    "method": method.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "epoch": done, "step": step, "history": history, "rng": checkpoint.rng_state(),
+                    "config": dataclasses.asdict(cfg),
+                })
+            distributed.barrier()  # the others wait while rank 0 writes
     final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
     return SSLResult(history=history, final=final, steps=step)

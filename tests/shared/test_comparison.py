@@ -154,7 +154,8 @@ def test_log_comparison(uri, reported, metrics_files, tmp_path):
     assert m["reproduced/adam_fake0"] == pytest.approx(np.mean([51.2, 50.1, 52.9]))
     assert m["delta/adam_fake5000"] == pytest.approx(55.5 - 77.0)
     assert "reproduced/lars_fake0" not in m and "delta/lars_fake0" not in m
-    assert {a.path for a in client.list_artifacts(run_id)} == {"table1.md", "table1.json", "fig3.png"}
+    assert {a.path for a in client.list_artifacts(run_id)} == {"table1.md", "table1.json", "fig3.png",
+                                                               "table1.table.json"}  # the grid in the UI
     assert run.data.tags["mlflow.note.content"] == c.md_path.read_text()  # the run's description in the UI
 
 
@@ -182,7 +183,8 @@ def test_a_comparison_or_claims_run_replaces_the_older_one(tmp_path, reported, m
     run = runs[claims_id]
     assert run.data.tags["verdict/a"] == "holds" and run.data.metrics == {"difference/a": 2.0}
     assert run.data.tags["mlflow.note.content"] == claims_markdown(json.loads(claims.read_text()))
-    assert "| (a) fakes \\| help | **holds** at mini | +2 > 0.5 |" in run.data.tags["mlflow.note.content"]
+    assert "| (a) fakes \\| help | **holds** at mini |  |  | difference = +2.00 | +2 > 0.5 |" in \
+        run.data.tags["mlflow.note.content"]
     views = client.get_experiment(experiment.experiment_id).tags
     assert {"mlflow.sharedViewState.comparisons", "mlflow.sharedViewState.claims"} <= set(views)
 

@@ -61,3 +61,73 @@ def test_bad_values_and_clashing_extra_keys_are_refused():
         _record(metrics={"acc": "high"})
     with pytest.raises(ValueError, match="clash"):
         _record(extra={"metrics": 1})
+
+
+# ---------------------------------------------------------------- per-run records committed with the results
+
+def _run(folder, name, seed=0, acc=12.5, scale="mini", **kw):
+    return records.write(folder / name / "metrics.json", _record(**{"seed": seed, "scale": scale,
+                                                                    "metrics": {"acc": acc}, **kw}))
+
+
+def test_gather_reads_the_union_and_the_stage_folder_wins(tmp_path, capsys):
+    stage, mirror = tmp_path / "outputs" / "pretrain", tmp_path / "results" / "mini" / "runs" / "pretrain"
+    _run(stage, "a_seed0"), _run(stage, "a_seed1", seed=1, acc=13.0)
+    _run(mirror, "a_seed1", seed=1, acc=99.0)  # an older copy of a run re-made here
+    _run(mirror, "a_seed2", seed=2, acc=14.0)  # made in an earlier session only
+    _run(mirror, "a_seed3", seed=3), _run(stage, "a_seed3", seed=3, skipped="seed 3 is not run", metrics={}, extra={})
+    got = records.gather(stage, mirror)
+    assert sorted(got.files) == ["a_seed0/metrics.json", "a_seed1/metrics.json", "a_seed2/metrics.json"]
+    assert got.files["a_seed1/metrics.json"] == stage / "a_seed1" / "metrics.json"
+    assert got.files["a_seed2/metrics.json"] == mirror / "a_seed2" / "metrics.json"
+    assert got.hidden == ["a_seed3/metrics.json"]
+    err = capsys.readouterr().err
+    assert "1 record(s) differ" in err and "a_seed1/metrics.json" in err and "skip markers" in err
+
+    to = tmp_path / "out" / "runs" / "pretrain"
+    _run(to, "stale", seed=7)  # a copy nothing read any more
+    got.copy_to(to)
+    assert sorted(p.relative_to(to).as_posix() for p in to.rglob("*.json")) == sorted(got.files)
+    assert records.read(to / "a_seed1" / "metrics.json").metrics == {"acc": 13.0}  # this session's
+    assert (to / "a_seed2" / "metrics.json").read_bytes() == (mirror / "a_seed2" / "metrics.json").read_bytes()
+
+    got = records.gather(stage, mirror)
+    got.copy_to(mirror)  # the report's own runs/: the hidden copy goes, the re-made run is updated
+    assert not (mirror / "a_seed3").joinpath("metrics.json").exists()
+    assert records.read(mirror / "a_seed1" / "metrics.json").metrics == {"acc": 13.0}
+
+
+def test_gather_from_the_copies_alone_and_missing_folders(tmp_path, capsys):
+    mirror = tmp_path / "runs"
+    _run(mirror, "a_seed0")
+    assert list(records.gather(None, mirror).files) == ["a_seed0/metrics.json"]  # --from-runs
+    assert list(records.gather(tmp_path / "gone", mirror).files) == ["a_seed0/metrics.json"]  # a fresh machine
+    assert "does not exist: reading the committed records" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="gone does not exist and .*empty holds no records: run it"):
+        records.gather(tmp_path / "gone", tmp_path / "empty", hint="run it")
+    assert records.gather(None, tmp_path / "empty").files == {}
+    single = records.gather(tmp_path / "gone", mirror / "a_seed0", "metrics.json", recursive=False)
+    assert list(single.files) == ["metrics.json"]
+
+
+def test_collect_copies_finished_records_of_the_scale(tmp_path, capsys):
+    outputs, runs = tmp_path / "outputs", tmp_path / "results" / "mini" / "runs"
+    _run(outputs / "pretrain", "a_seed0")
+    _run(outputs / "pretrain", "a_seed1", seed=1, skipped="not run", metrics={}, extra={})  # a skip marker: left
+    _run(outputs / "pretrain", "a_seed2", seed=2, scale="smoke")  # another scale: left
+    (outputs / "metrics").mkdir()
+    (outputs / "metrics" / "flat.json").write_text('{"acc": 1.0}')  # a DVC metrics file, not a record
+    (outputs / "pretrain" / "a_seed0" / "config.json").write_text("{not json")
+    assert records.main(["collect", "--from", str(outputs), "--to", str(runs)]) == 0  # scale: the folder's
+    assert sorted(p.relative_to(runs).as_posix() for p in runs.rglob("*")
+                  if p.is_file()) == ["pretrain/a_seed0/metrics.json"]
+    assert "1 new, 0 updated, 0 unchanged, 1 of other scales left" in capsys.readouterr().out
+    _run(outputs / "pretrain", "a_seed0", acc=20.0)  # re-run: the copy follows
+    _run(outputs / "gan", ".", seed=None)  # another stage's record: outputs/gan/metrics.json
+    done = records.collect(outputs, runs, "mini")
+    assert done["updated"] == ["pretrain/a_seed0/metrics.json"] and done["new"] == ["gan/metrics.json"]
+    assert records.read(runs / "pretrain" / "a_seed0" / "metrics.json").metrics == {"acc": 20.0}
+    assert records.collect(outputs, runs, "mini")["unchanged"] == ["gan/metrics.json", "pretrain/a_seed0/metrics.json"]
+    assert records.main(["collect", "--from", str(outputs), "--to", str(tmp_path / "somewhere")]) == 2
+    assert "--scale is needed" in capsys.readouterr().err
+    assert records.main(["collect", "--from", str(tmp_path / "none"), "--to", str(runs)]) == 2

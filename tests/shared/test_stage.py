@@ -43,9 +43,10 @@ def test_skip_and_record_use_the_one_schema(tmp_path, suite_params):
     assert marker.is_skip and (marker.paper, marker.stage, marker.scale, marker.seed) == ("p", "train", "smoke", 1)
     record = st.record({"acc": 50.0}, table="t", row="r", curve=[1, 2])
     assert record.extra == {"curve": [1, 2]}
-    for key in ("commit", "dirty", "torch", "device", "threads"):
+    for key in ("commit", "dirty", "torch", "device", "threads", "world_size"):
         assert key in record.provenance
     assert record.provenance["threads"] == torch.get_num_threads()
+    assert record.provenance["world_size"] == 1  # not launched by torchrun
 
 
 def test_tracked_saves_the_resolved_config_and_restarts_a_stale_checkpoint(tmp_path, suite_params):

@@ -30,10 +30,13 @@ REPORTED = {"paper": "alpha", "source": "Alpha et al., Table 1", "tables": {"t1"
              {"id": "r3", "label": {"fakes": 20}, "mean": 73.0}]}}}  # r3 is never run
 VALUES = [("r1", 0, 40.0), ("r1", 1, 41.0), ("r2", 0, 43.5)]
 CLAIMS = {"paper": "alpha", "scale": "mini", "command": "papers/alpha/report.py", "commit": "abc123",
-          "claims": [{"id": "a", "claim": "fakes help", "source": "Sec. 5", "rule": "margin > std",
+          "claims": [{"id": "a", "claim": "fakes help", "source": "Sec. 5", "rule": "one-sided Welch, p < 0.05",
+                      "test": "one-sided Welch t-test", "alpha": 0.05, "n": {"0": 2, "10": 2},
+                      "values": {"0": [40.0, 41.0], "10": [43.0, 44.0]},
                       "numbers": {"0": {"mean": 40.5, "std": 0.7, "n": 2},
-                                  "10": {"mean": 43.5, "std": None, "n": 1}},
-                      "difference": 3.0, "runner_up": 0, "verdict": "inconclusive", "reason": "std unknown"}]}
+                                  "10": {"mean": 43.5, "std": 0.7, "n": 2}},
+                      "vs": "0", "difference": 3.0, "ci95": [-1.0, 7.0], "p": 0.08,
+                      "verdict": "inconclusive", "reason": "p = 0.08"}]}
 
 
 SWEEP = {"paper": "alpha", "stage": "train", "study": "lr-mini", "storage": "sqlite:///mlflow/optuna.db",
@@ -165,7 +168,7 @@ def test_comparison_over_rest(server, tmp_path, monkeypatch):
     assert [m["value"] for m in history["metrics"]] == [pytest.approx(-29.5)]
 
     listed = api(url, "/api/2.0/mlflow/artifacts/list", {"run_id": run_id})
-    assert {f["path"] for f in listed["files"]} == {"t1.md", "t1.json"}
+    assert {f["path"] for f in listed["files"]} == {"t1.md", "t1.json", "t1.table.json"}
     assert listed["root_uri"].startswith("mlflow-artifacts:/")  # proxied by the server, not a local path
     where = listed["root_uri"].removeprefix("mlflow-artifacts:/")
     assert api(url, f"/api/2.0/mlflow-artifacts/artifacts/{where}/t1.md") == c.md_path.read_bytes()
@@ -228,13 +231,14 @@ def test_rebuild_is_idempotent(tmp_path):
     assert comparison.data.params["command"] == c.provenance["command"]
     check_comparison_metrics(comparison.data.metrics)
     assert {a.path for a in client.list_artifacts(comparison.info.run_id)} == {
-        "t1.md", "t1.json", "claims.json", "figure3.png"}
+        "t1.md", "t1.json", "claims.json", "figure3.png", "t1.table.json"}
 
     claims = client.get_run(ids["alpha/claims/mini"])
     assert claims.data.tags["kind"] == "claims" and claims.data.tags["verdict/a"] == "inconclusive"
     assert claims.data.tags["mlflow.source.git.commit"] == "abc123"
-    assert claims.data.params == {"claim/a": "fakes help", "rule/a": "margin > std"}
-    assert claims.data.metrics == {"difference/a": 3.0}  # runner_up names a setup: no metric
+    assert claims.data.params == {"claim/a": "fakes help", "rule/a": "one-sided Welch, p < 0.05"}
+    assert claims.data.metrics == {"alpha/a": 0.05, "difference/a": 3.0, "p/a": 0.08,  # vs names a setup: no metric
+                                   "ci95_low/a": -1.0, "ci95_high/a": 7.0}
     assert {a.path for a in client.list_artifacts(claims.info.run_id)} == {"claims.json", "claims.md"}
     md = Path(client.download_artifacts(claims.info.run_id, "claims.md", str(tmp_path)))
     assert md.read_text() == scorecard([folder / "claims.json"], tmp_path)

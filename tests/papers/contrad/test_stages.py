@@ -1,18 +1,20 @@
 """contrad stages: method and model choice, skipped runs, the Table 1 cell, the linear evaluation of D, claims."""
 import json
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 
 from shared import records
 from papers.contrad.config import TrainStageConfig
 from papers.contrad.evaluate import DiscriminatorFeatures, linear_eval_of_d, table1_cell
 from papers.contrad.method import ContraDDiscriminator
-from papers.contrad.report import claims, detector_kind
+from papers.contrad.report import FID_CLAIM_METHODS, claims, detector_kind
 from papers.contrad.models import build_models
 from papers.contrad.train import build_method, skipped_reason
-from shared.claims import FAILS, HOLDS
+from shared.claims import FAILS, HOLDS, INCONCLUSIVE
 from shared.comparison import Comparison, RowComparison
 
 CPU = torch.device("cpu")
@@ -82,8 +84,10 @@ def test_d_features_see_minus_one_to_one_and_linear_eval_separates_separable_dat
 
 
 def _comparison(table, metric, cells):
-    rows = [RowComparison(id=i, label={}, reported_mean=0.0, reported_std=None, reproduced_mean=m,
-                          reproduced_std=sd, n=2, seeds=[0, 1], delta=None, status="ok") for i, (m, sd) in cells.items()]
+    """A comparison whose rows hold the given per-seed values."""
+    rows = [RowComparison(id=i, label={}, reported_mean=0.0, reported_std=None, reproduced_mean=float(np.mean(v)),
+                          reproduced_std=float(np.std(v, ddof=1)) if len(v) > 1 else None, n=len(v),
+                          seeds=list(range(len(v))), delta=None, status="ok", values=v) for i, v in cells.items()]
     return Comparison("contrad", "src", table, "cap", metric, "", "mini", rows, {"command": "c", "commit": "x"})
 
 
@@ -92,15 +96,29 @@ def test_claims_on_worked_numbers():
         "table1_fid": {"rows": [{"id": f"sndcgan_{m}_c10", "mean": v} for m, v in
                                 (("baseline", 26.6), ("diffaugment", 22.9), ("contrad", 10.9))]},
         "table3": {"rows": [{"id": "sndcgan_simclr_c10", "mean": 72.9}, {"id": "sndcgan_contrad_c10", "mean": 77.5}]}}}
-    fid = _comparison("table1_fid", "fid_indomain", {"sndcgan_baseline_c10": (30.0, 1.0),
-                                                     "sndcgan_diffaugment_c10": (20.0, 1.0),
-                                                     "sndcgan_contrad_c10": (25.0, 1.0)})
-    lin = _comparison("table3", "linear_eval_acc", {"sndcgan_simclr_c10": (40.0, 0.3),
-                                                    "sndcgan_contrad_c10": (42.0, 0.4)})
+    contrad = [24.0, 25.0, 26.0]
+    fid_cells = {"sndcgan_baseline_c10": [29.0, 30.0, 31.0], "sndcgan_diffaugment_c10": [19.0, 20.0, 21.0],
+                 "sndcgan_contrad_c10": contrad}
+    fid = _comparison("table1_fid", "fid_indomain", fid_cells)
+    simclr, ours = [39.7, 40.0, 40.3], [41.6, 42.0, 42.4]
+    lin = _comparison("table3", "linear_eval_acc", {"sndcgan_simclr_c10": simclr, "sndcgan_contrad_c10": ours})
     out = {c["id"]: c for c in claims(fid, lin, reported)}
-    assert out["fid"]["verdict"] == FAILS and out["fid"]["beaten_by"] == "diffaugment"  # 5.0 > 1.41
+    # FID, lower is better: DiffAugment's is 5 lower, one-sided p = 0.0018, x2 after Holm
+    assert out["fid"]["verdict"] == FAILS and out["fid"]["vs"] == "diffaugment"
+    p = stats.ttest_ind(fid_cells["sndcgan_diffaugment_c10"], contrad, equal_var=False, alternative="less").pvalue
+    assert out["fid"]["p_opposite_adjusted"] == pytest.approx(2 * p) and out["fid"]["difference"] == pytest.approx(5.0)
+    assert out["fid"]["values"]["contrad"] == contrad and out["fid"]["n"] == dict.fromkeys(FID_CLAIM_METHODS, 3)
     assert out["linear"]["verdict"] == HOLDS and out["linear"]["difference"] == pytest.approx(2.0)
+    assert out["linear"]["p"] == pytest.approx(stats.ttest_ind(ours, simclr, equal_var=False,
+                                                               alternative="greater").pvalue)
+    assert out["linear"]["test"] == "one-sided Welch t-test" and out["linear"]["vs"] == "simclr"
     assert "10.9" in out["fid"]["reported"] and "77.5" in out["linear"]["reported"]
+    best = claims(_comparison("table1_fid", "fid_indomain", {**fid_cells, "sndcgan_contrad_c10": [9.0, 10.0, 11.0]}),
+                  lin, reported)
+    assert best[0]["verdict"] == HOLDS  # the lowest FID, by 10 over DiffAugment
+    one_seed = claims(_comparison("table1_fid", "fid_indomain", {**fid_cells, "sndcgan_contrad_c10": [25.0]}),
+                      lin, reported)
+    assert one_seed[0]["verdict"] == INCONCLUSIVE and "contrad (n=1)" in one_seed[0]["reason"]
 
 
 def test_detector_kind_never_mixes_feature_spaces(tmp_path):
@@ -113,3 +131,44 @@ def test_detector_kind_never_mixes_feature_spaces(tmp_path):
     assert detector_kind([a]) == "indomain" and detector_kind([]) is None
     with pytest.raises(ValueError, match="mix detectors"):
         detector_kind([a, write("b", "fid_inception")])
+
+
+def _eval_record(eval_dir, method, seed, name, metrics):
+    """One record as the evaluate stage writes it into <eval>/<arch>_<method>_seed<seed>/<name>."""
+    table = name.removesuffix(".json")
+    history = [{"step": 3, **{k: v + 1 for k, v in metrics.items()}}, {"step": 6, **metrics}]
+    return records.write(eval_dir / f"sndcgan_{method}_seed{seed}" / name, records.MetricsRecord(
+        paper="contrad", stage="evaluate", scale="mini", seed=seed, table=table, row=f"sndcgan_{method}_c10",
+        metrics=metrics, extra={"history": history} if table.startswith("table1") else {},
+        provenance={"command": "test", "commit": "abc"}))
+
+
+def test_report_from_the_committed_runs_alone_is_the_same(tmp_path):
+    """Every record the report read is copied into <out>/runs/eval; from those alone (no eval folder)
+    the tables and claims are the same, apart from when and how they were made."""
+    from papers.contrad.report import make_report
+    from shared.config import REPO_ROOT
+
+    reported, eval_dir, out = REPO_ROOT / "papers/contrad/reported.yaml", tmp_path / "eval", tmp_path / "results"
+    for seed, e in enumerate((-1.0, 0.0, 1.0)):
+        for method, fid in (("baseline", 30.0), ("diffaugment", 22.0), ("contrad", 12.0)):
+            _eval_record(eval_dir, method, seed, "table1_fid.json", {"fid_indomain": fid + e})
+            _eval_record(eval_dir, method, seed, "table1_is.json", {"is_indomain": 2.0 + e / 10})
+        _eval_record(eval_dir, "simclr", seed, "table3.json", {"linear_eval_acc": 40.0 + e})
+        _eval_record(eval_dir, "contrad", seed, "table3.json", {"linear_eval_acc": 44.0 + e})
+    first = make_report(reported, eval_dir, "mini", out)
+    assert {c["id"]: c["verdict"] for c in first.claims} == {"fid": HOLDS, "linear": HOLDS}
+    copied = sorted(p.relative_to(out / "runs" / "eval") for p in (out / "runs").rglob("*.json"))
+    assert copied == sorted(p.relative_to(eval_dir) for p in eval_dir.rglob("*.json")) and len(copied) == 24
+
+    skip = ("command", "commit", "dirty", "diff_sha256", "torch", "device", "threads", "provenance")
+    names = ("table1_fid.json", "table1_is.json", "table3.json", "claims.json", "summary.json")
+
+    def results(folder):
+        return {n: {k: v for k, v in json.loads((folder / n).read_text()).items() if k not in skip} for n in names}
+
+    before = results(out)
+    again = make_report(reported, None, "mini", tmp_path / "again", runs=out / "runs")
+    assert results(tmp_path / "again") == before and again.claims == first.claims
+    make_report(reported, None, "mini", out)  # in place, as `--from-runs` on the committed folder
+    assert results(out) == before and (out / "samples.png").is_file()  # the grids are kept, not redrawn
