@@ -22,15 +22,25 @@ CIFAR-10 copy is JPEG re-encoded: report that beside any number made from it.
 :meth:`FIDScorer.describe` gives the keys every record of an FID carries (sample counts, reference
 set, detector file and hash, the IS detector).
 
+Reference statistics (mu, sigma of a real split's pool3 features) are computed once, by the
+``fid_stats`` stage (:mod:`shared.fid_stats`, ``data/fid_stats/<name>.npz``), and read back as
+:class:`ReferenceStats`; a scorer built on them (:func:`stats_scorer`) never passes the reference
+through the detector again, and refuses a file made by another detector, resize convention or
+image shape.
+
 Public pieces: :func:`feature_stats`, :func:`frechet_distance`, :func:`inception_score`,
-:func:`load_inception`, :class:`FIDScorer`, :func:`make_scorer` (Inception when its file
-exists, else the in-domain extractor) and :class:`MetricsConfig`.
+:func:`load_inception`, :class:`ReferenceStats`, :class:`FIDScorer`, :func:`make_scorer` (Inception
+when its file exists, else the in-domain extractor), :func:`stats_scorer` and :class:`MetricsConfig`.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -45,11 +55,13 @@ from shared.detector import (CorruptWeightsError, Detector, FeatureDetector, Wei
                              check_uint8_images)
 from shared.extractor import INDOMAIN_LABEL, FeatureExtractor
 from shared.fid_detector import INCEPTION_WEIGHTS, POOL3_MEMBER, POOL3_SHA1, POOL3_WHEEL, sha1_file
+from shared.io import atomic_write
 
 __all__ = [
     "INCEPTION_FILE", "INCEPTION_URL", "INCEPTION_LABEL", "RESIZE_CONVENTION", "NO_LOGITS_NOTE", "FID_RECORD_KEYS",
     "feature_stats", "frechet_distance", "inception_score",
-    "InceptionDetector", "InceptionPool3", "load_inception", "FIDScorer", "make_scorer", "MetricsConfig",
+    "InceptionDetector", "InceptionPool3", "load_inception", "ReferenceStats", "StatsMismatchError", "images_sha1",
+    "FIDScorer", "make_scorer", "stats_scorer", "gan_scorers", "MetricsConfig",
 ]
 
 # StyleGAN2-ADA's detector, which a user may supply instead; named as text only: nothing here downloads it.
@@ -67,6 +79,8 @@ NO_LOGITS_NOTE = ("this Inception network has no logits; IS is the in-domain one
 RESIZE_CONVENTION = ("uint8 -> float32 -> bilinear resize to 299x299 (torch F.interpolate, align_corners=False, "
                      "no antialiasing) -> (x - 128) / 128, as StyleGAN2-ADA's detector does internally; "
                      "clean-fid resizes with PIL bicubic instead")
+STYLEGAN_CONVENTION = "StyleGAN2-ADA's, inside its TorchScript"
+REFERENCE_STATS = "data/fid_stats/cifar10_test.npz"  # the `fid_stats@cifar10_test` stage's output
 
 
 # ---------------------------------------------------------------- Frechet distance
@@ -380,6 +394,99 @@ def load_inception(path: str | Path | None, device: str | torch.device = "cpu") 
     return detector
 
 
+# ---------------------------------------------------------------- reference statistics, computed once
+
+class StatsMismatchError(ValueError):
+    """A reference statistics file does not belong to the detector, convention or images it is used with."""
+
+
+def images_sha1(images) -> str:
+    """SHA-1 of uint8 images' bytes (C order), naming exactly which images a statistic was made of."""
+    array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def detector_convention(detector) -> str | None:
+    """How ``detector`` resizes and scales its input (None: the in-domain extractor, which takes 32 x 32)."""
+    if isinstance(detector, InceptionPool3):
+        return RESIZE_CONVENTION
+    if isinstance(detector, InceptionDetector):
+        return STYLEGAN_CONVENTION
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceStats:
+    """Mean and covariance (float64) of a real image set's detector features, with what made them.
+
+    Written once by the ``fid_stats`` stage (:mod:`shared.fid_stats`) as ``data/fid_stats/<name>.npz``;
+    :meth:`check` refuses to use them with another detector file (SHA-1), resize convention or
+    image shape. ``detector_seconds`` is the detector's time over the ``n`` images (chunks of earlier,
+    killed runs included); ``meta`` says where the images came from (dataset, split, prepared folder).
+    """
+    mu: np.ndarray  # (D,)
+    sigma: np.ndarray  # (D, D)
+    n: int
+    detector_sha1: str
+    convention: str
+    image_shape: tuple[int, ...]  # (C, H, W) of the images the statistics are of
+    images_sha1: str
+    name: str  # what the records call the set, e.g. "CIFAR-10 test split"
+    detector_seconds: float = float("nan")
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    FIELDS = ("mu", "sigma", "n", "detector_sha1", "convention", "image_shape", "images_sha1", "name",
+              "detector_seconds", "meta")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the statistics to ``path`` (.npz, no pickles), atomically."""
+        arrays = {"mu": np.asarray(self.mu, np.float64), "sigma": np.asarray(self.sigma, np.float64),
+                  "n": np.int64(self.n), "detector_sha1": np.str_(self.detector_sha1),
+                  "convention": np.str_(self.convention), "image_shape": np.asarray(self.image_shape, np.int64),
+                  "images_sha1": np.str_(self.images_sha1), "name": np.str_(self.name),
+                  "detector_seconds": np.float64(self.detector_seconds), "meta": np.str_(json.dumps(self.meta))}
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ReferenceStats":
+        """Read a file :meth:`save` wrote; FileNotFoundError saying how to make it, ValueError if it is not one."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"FID reference statistics {path} do not exist: make them with "
+                                    f"`dvc repro fid_stats@{path.stem}` (python -m shared.fid_stats)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [f for f in cls.FIELDS if f not in z.files]
+                if missing:
+                    raise ValueError(f"lacks {missing}")
+                stats = cls(mu=z["mu"], sigma=z["sigma"], n=int(z["n"]), detector_sha1=str(z["detector_sha1"]),
+                            convention=str(z["convention"]), image_shape=tuple(int(d) for d in z["image_shape"]),
+                            images_sha1=str(z["images_sha1"]), name=str(z["name"]),
+                            detector_seconds=float(z["detector_seconds"]), meta=json.loads(str(z["meta"])))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path}: not an FID reference statistics file ({err}); remake it with "
+                             f"`dvc repro fid_stats@{path.stem}`") from err
+        d = stats.mu.shape[0] if stats.mu.ndim == 1 else -1
+        if d < 1 or stats.sigma.shape != (d, d) or not (np.isfinite(stats.mu).all() and np.isfinite(stats.sigma).all()):
+            raise ValueError(f"{path}: mu {stats.mu.shape} and sigma {stats.sigma.shape} are not finite (D,), (D, D)")
+        return stats
+
+    def check(self, detector, image_shape: tuple[int, ...] | None = None, where: str = "reference statistics") -> None:
+        """Raise :class:`StatsMismatchError` unless these statistics were made by ``detector`` (its file's
+        SHA-1 and its resize convention) and, when given, of images shaped ``image_shape`` (C, H, W)."""
+        sha1, convention = getattr(detector, "sha1", None), detector_convention(detector)
+        if sha1 != self.detector_sha1:
+            raise StatsMismatchError(f"{where} were made with the detector of SHA-1 {self.detector_sha1}, "
+                                     f"not this one ({getattr(detector, 'path', type(detector).__name__)}, SHA-1 "
+                                     f"{sha1}): remake them with `dvc repro fid_stats` and that detector")
+        if convention != self.convention:
+            raise StatsMismatchError(f"{where} were made with the convention {self.convention!r}, this detector "
+                                     f"uses {convention!r}: remake them with `dvc repro fid_stats`")
+        if image_shape is not None and tuple(image_shape) != tuple(self.image_shape):
+            raise StatsMismatchError(f"{where} are of {tuple(self.image_shape)} images, these are "
+                                     f"{tuple(image_shape)}: FID compares like with like")
+
+
 # ---------------------------------------------------------------- scoring
 
 def _shuffled(rows: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -391,7 +498,8 @@ class FIDScorer:
     """FID and IS of generated images against a fixed reference set, for one detector.
 
     The reference (usually the test split) passes through the detector once, at
-    construction; :meth:`score` returns ``{"fid_<kind>", "is_<is kind>", "is_<is kind>_std"}``
+    construction, or comes as precomputed :class:`ReferenceStats` (checked against the
+    detector: its SHA-1 and convention; :func:`stats_scorer`); :meth:`score` returns ``{"fid_<kind>", "is_<is kind>", "is_<is kind>_std"}``
     with kind ``inception`` or ``indomain``, so an in-domain number can never be
     mistaken for an Inception one. IS comes from ``detector`` when it has class probabilities
     (a :class:`~shared.detector.Detector`), else from ``is_detector`` (the in-domain extractor
@@ -409,20 +517,30 @@ class FIDScorer:
     """
 
     def __init__(self, reference_images, detector: FeatureDetector, splits: int = 10, batch_size: int = 250,
-                 is_detector: Detector | None = None, reference: str = "reference set"):
-        ref = check_uint8_images(reference_images)
+                 is_detector: Detector | None = None, reference: str | None = None):
         own_probs = isinstance(detector, Detector)
         if own_probs and is_detector is not None:
             raise ValueError(f"{type(detector).__name__} gives its own IS; is_detector is for a features-only one")
         self.detector, self.splits, self.batch_size = detector, splits, batch_size
         self.is_detector = detector if own_probs else is_detector
-        self.kind, self.label, self.reference = detector.kind, detector.label, reference
+        self.kind, self.label = detector.kind, detector.label
         self.is_kind = None if self.is_detector is None else self.is_detector.kind
         self.is_label = None if self.is_detector is None else (
             IS_INDOMAIN_LABEL if self.is_kind == "indomain" else IS_INCEPTION_LABEL)
         self.is_note = None if own_probs else (
             NO_LOGITS_NOTE if self.is_detector is not None else
             "this Inception network has no logits and no in-domain extractor was given: no IS")
+        if isinstance(reference_images, ReferenceStats):
+            # precomputed (the fid_stats stage): nothing passes through the detector here, and the
+            # real set's IS is not known (its images are not at hand)
+            stats = reference_images
+            stats.check(detector, where=f"reference statistics {stats.name!r}")
+            self.mu, self.sigma, self.n_reference = stats.mu, stats.sigma, stats.n
+            self.image_shape, self.reference_is = tuple(stats.image_shape), None
+            self.reference = stats.name if reference is None else reference
+            return
+        ref = check_uint8_images(reference_images)
+        self.reference = "reference set" if reference is None else reference
         self.image_shape = tuple(ref.shape[1:])
         feats, probs = self._features_and_probs(ref)
         self.mu, self.sigma = feature_stats(feats)
@@ -440,7 +558,8 @@ class FIDScorer:
     def score(self, fake_images) -> dict[str, float]:
         fake = check_uint8_images(fake_images)
         if tuple(fake.shape[1:]) != self.image_shape:
-            raise ValueError(f"generated images are {tuple(fake.shape[1:])}, the reference {self.image_shape}")
+            raise StatsMismatchError(f"generated images are {tuple(fake.shape[1:])}, the reference "
+                                     f"({self.reference}) {self.image_shape}")
         feats, probs = self._features_and_probs(fake)
         mu, sigma = feature_stats(feats)
         scores = {f"fid_{self.kind}": frechet_distance(mu, sigma, self.mu, self.sigma)}
@@ -454,9 +573,8 @@ class FIDScorer:
         the reference set, the detector file and its SHA-1 (Inception), and where IS came from."""
         detector = None  # the in-domain extractor: its label says what it is
         if isinstance(self.detector, (InceptionPool3, InceptionDetector)):
-            convention = (RESIZE_CONVENTION if isinstance(self.detector, InceptionPool3)
-                          else "StyleGAN2-ADA's, inside its TorchScript")
-            detector = {"file": self.detector.path, "sha1": self.detector.sha1, "convention": convention}
+            detector = {"file": self.detector.path, "sha1": self.detector.sha1,
+                        "convention": detector_convention(self.detector)}
         return {"fid_label": self.label, "fid_n_generated": int(n_generated), "fid_n_reference": self.n_reference,
                 "fid_reference": self.reference, "fid_detector": detector,
                 "is_label": self.is_label, "is_note": self.is_note}
@@ -497,6 +615,52 @@ def make_scorer(test_images, inception_weights: str | Path | None, extractor_pat
     return FIDScorer(test_images, FeatureExtractor.load(extractor_path, device), splits, reference=reference)
 
 
+def stats_scorer(stats: str | Path | ReferenceStats, inception_weights: str | Path,
+                 device: str | torch.device = "cpu", splits: int = 10, is_detector: Detector | None = None,
+                 reference: str | None = None) -> FIDScorer:
+    """An Inception :class:`FIDScorer` against precomputed reference statistics (a ``fid_stats`` file).
+
+    The detector file must be the one the statistics were made with (SHA-1 and convention checked:
+    :class:`StatsMismatchError` otherwise); IS comes from ``is_detector`` (the in-domain extractor) when
+    given. ``reference`` names the set in the records (default: the name the statistics carry).
+    """
+    if not isinstance(stats, ReferenceStats):
+        path, stats = Path(stats), ReferenceStats.load(stats)
+        reference = reference or f"{stats.name} ({path})"
+    detector = load_inception(inception_weights, device)
+    is_detector = None if isinstance(detector, InceptionDetector) else is_detector
+    return FIDScorer(stats, detector, splits, is_detector=is_detector, reference=reference)
+
+
+def gan_scorers(test_images, cfg: "MetricsConfig", device: str | torch.device = "cpu",
+                reference: str = "CIFAR-10 test set") -> tuple[FIDScorer, FIDScorer | None]:
+    """(the scorer of every evaluation during a GAN run, the scorer of its one final evaluation or None).
+
+    The Inception pool3 network runs at about 6 images/s on one CPU thread, too slow to score every
+    evaluation; so the evaluations during training use the in-domain extractor (``fid_indomain``, which
+    picks the best checkpoint) and, when ``cfg.inception_weights`` is a file, the best checkpoint gets one
+    Inception FID at the end against ``cfg.reference_stats`` (precomputed: nothing passes the reference
+    through the detector; IS beside it is the in-domain one). Without the extractor every evaluation is
+    the Inception one (no final one); a missing Inception file warns, as :func:`make_scorer`.
+    """
+    have_extractor = cfg.extractor is not None and Path(cfg.extractor).is_file()
+    have_inception = cfg.inception_weights is not None and Path(cfg.inception_weights).is_file()
+    if not have_extractor:
+        if not have_inception:  # raises, naming both files
+            return make_scorer(test_images, cfg.inception_weights, cfg.extractor, device, cfg.is_splits, reference), None
+        warnings.warn(f"the in-domain extractor {cfg.extractor} does not exist: every evaluation is an Inception FID "
+                      f"(about 6 images/s on one CPU thread), without IS", stacklevel=2)
+        return stats_scorer(cfg.reference_stats, cfg.inception_weights, device, cfg.is_splits), None
+    during = make_scorer(test_images, None, cfg.extractor, device, cfg.is_splits, reference)
+    if not have_inception:
+        if cfg.inception_weights is not None:
+            warnings.warn(f"metrics.inception_weights = {cfg.inception_weights} does not exist: no Inception FID, "
+                          f"only the in-domain one (keyed fid_indomain, labelled \"{INDOMAIN_LABEL}\")", stacklevel=2)
+        return during, None
+    return during, stats_scorer(cfg.reference_stats, cfg.inception_weights, device, cfg.is_splits,
+                                is_detector=during.detector)
+
+
 @dataclasses.dataclass
 class MetricsConfig:
     """The ``metrics`` section of a paper's params.yaml: where the detectors' weights are."""
@@ -505,7 +669,13 @@ class MetricsConfig:
     inception_weights: str | None = INCEPTION_WEIGHTS
     extractor: str | None = "data/extractor/cifar10.pt"  # in-domain FID fallback, and IS beside pool3
     is_splits: int = 10
+    # The Inception FID of a GAN run: once, at the end, of the best checkpoint (chosen by the in-domain
+    # FID), with this many samples against these precomputed statistics (the fid_stats stage's file).
+    reference_stats: str = REFERENCE_STATS
+    inception_samples: int = 10_000
 
     def __post_init__(self):
         if self.is_splits < 1:
             raise ValueError(f"is_splits must be >= 1, got {self.is_splits}")
+        if self.inception_samples < 2:
+            raise ValueError(f"inception_samples must be >= 2 (a covariance), got {self.inception_samples}")

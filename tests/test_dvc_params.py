@@ -63,7 +63,8 @@ READS = {
         Section(SUITE, "prepare", PrepareConfig, only=("subsets",), keyed=(("subsets", r"subset (\w+)"),))]),
     "extractor": (UNSEEDED, [Section(SUITE, "extractor", ExtractorConfig)]),
     "inception": ((), []),  # the detector fetch reads no params
-    "fid_validation": (UNSEEDED, []),  # threads and device from the suite; scale names its output
+    "fid_stats": (UNSEEDED, []),  # threads and device from the suite; scale names its chunk folder
+    "fid_validation": (UNSEEDED, []),  # device from the suite; scale names its output
     "papers/gan_simclr/dvc.yaml:train_gan": (SEEDED, [Section(GAN_SIMCLR, "gan", GANStageConfig)]),
     # generate builds G from the architecture alone; its samples are seeded by `generate.seed`
     "papers/gan_simclr/dvc.yaml:generate": (UNSEEDED, [
@@ -347,7 +348,9 @@ def test_a_paper_prepares_only_the_data_it_uses(smoke_project, dvc, paper):
     would_run = _would_run(project, dvc, f"papers/{paper}")  # the alias stage: the paper's whole pipeline
     assert f"papers/{paper}" in would_run and f"papers/{paper}/dvc.yaml:report" in would_run
     shared = {s for s in would_run if ":" not in s} - {f"papers/{paper}"}
-    # the FID detector at every scale (smoke scores in-domain, but DVC deps cannot follow a param)
-    assert shared == ({"prepare@cifar10", "subset@cifar10_5k", "extractor", "inception"} if paper == "gan_simclr"
-                      else {"prepare@cifar10", "extractor", "inception"})
+    # the FID detector and the test split's reference statistics at every scale (smoke scores in-domain,
+    # but DVC deps cannot follow a param); never the train split's (50k images: fid_validation's alone)
+    assert shared == ({"prepare@cifar10", "subset@cifar10_5k", "extractor", "inception", "fid_stats@cifar10_test"}
+                      if paper == "gan_simclr" else {"prepare@cifar10", "extractor", "inception",
+                                                     "fid_stats@cifar10_test"})
     assert {"prepare@mnist", "prepare@omniglot"} <= _would_run(project, dvc, "dvc.yaml")

@@ -4,7 +4,9 @@
         --out papers/contrad/outputs/eval/sndcgan_contrad_seed0
 
 Table 1: the FID and IS of G at its best-FID evaluation, read from the train stage's
-history (FID picks the checkpoint, as the paper's "best FID"). Table 3 (ContraD and
+history (FID picks the checkpoint, as the paper's "best FID"); when the train stage gave that
+checkpoint its one Inception FID (`fid_inception` in its `best`), that is the table's FID, the
+in-domain one staying in the history (the IS is the in-domain one either way). Table 3 (ContraD and
 SimCLR runs): D's penultimate features of the CIFAR-10 train and test images are
 computed once (un-augmented, D's [-1, 1] input range), then `evaluate.repeats` linear
 heads are trained on them with different seeds (plain SGD 0.1, 100 epochs, x0.1 at
@@ -64,7 +66,10 @@ def table1_cell(train_metrics: dict) -> dict[str, float]:
     if not best:
         raise ValueError(f"the run has no evaluation to take the best FID from (history: {train_metrics['history']})")
     at_best = next(h for h in train_metrics["history"] if h["step"] == best["step"])
-    return {k: float(v) for k, v in at_best.items() if k != "step"}
+    cell = {k: float(v) for k, v in at_best.items() if k != "step"}
+    if "fid_inception" in best:  # the final Inception FID of the best checkpoint: one FID per table cell
+        cell = {**{k: v for k, v in cell.items() if not k.startswith("fid_")}, "fid_inception": float(best["fid_inception"])}
+    return cell
 
 
 def linear_eval_of_d(D: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],

