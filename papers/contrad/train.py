@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> dict | None:
 
     resolved = {"architecture": args.architecture, "method": args.method, "seed": args.seed,
                 "train": config.to_dict(cfg), "fid": None if scorer is None else scorer.label if final_scorer is None
-                else {"during training": scorer.label, "final, of the best G_ema": final_scorer.label}}
+                else {"during_training": scorer.label, "final_best_g_ema": final_scorer.label}}
     name = f"{args.architecture}_{args.method}"
     with stage.tracked(resolved, f"train/{name}/seed{args.seed}", architecture=args.architecture,
                        method=args.method, row=name) as log:

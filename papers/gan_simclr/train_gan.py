@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
         final_scorer, cfg.metrics.inception_samples, 250, device)
 
     resolved = {"gan": config.to_dict(cfg), "fid": scorer.label if final_scorer is None else
-                {"during training": scorer.label, "final, of the best G_ema": final_scorer.label}}
+                {"during_training": scorer.label, "final_best_g_ema": final_scorer.label}}
     with stage.tracked(resolved, "train_gan", method=method.name) as log:
         result = train_gan(train_cfg, G, D, method, loader, out_dir=stage.out, logger=log, device=device,
                            z_dim=cfg.architecture.z_dim, evaluate=evaluate, final_evaluate=final_evaluate)
