@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from papers.augmentation_generator import config as augmentation_generator
 from papers.contrad.config import EvaluateConfig, TrainStageConfig
 from papers.gan_simclr.config import GANStageConfig, GenerateConfig, PretrainConfig
 from shared.config import REPO_ROOT, SCALES, DataConfig
@@ -33,8 +34,9 @@ from shared.prepare import PrepareConfig
 SUITE = "params.yaml"
 GAN_SIMCLR = "papers/gan_simclr/params.yaml"
 CONTRAD = "papers/contrad/params.yaml"
-DVC_FILES = ["dvc.yaml", "papers/gan_simclr/dvc.yaml", "papers/contrad/dvc.yaml"]
-PARAMS_FILES = [SUITE, GAN_SIMCLR, CONTRAD]
+AUGGEN = "papers/augmentation_generator/params.yaml"
+DVC_FILES = ["dvc.yaml", "papers/gan_simclr/dvc.yaml", "papers/contrad/dvc.yaml", "papers/augmentation_generator/dvc.yaml"]
+PARAMS_FILES = [SUITE, GAN_SIMCLR, CONTRAD, AUGGEN]
 SEEDED = ("scale", "seed", "device", "threads")  # a stage whose RNG (loader order, init) is seeded by `seed`
 UNSEEDED = ("scale", "device", "threads")
 
@@ -84,9 +86,30 @@ READS = {
                 keyed=(("architectures", r"--run \S+/([a-z0-9]+)_"),)),
         Section(CONTRAD, "evaluate", EvaluateConfig)]),
     "papers/contrad/dvc.yaml:report": ((), []),
+    # augmentation_generator: prepare and evaluate draw nothing from the suite seed (data.split_seed, data.dots.seed,
+    # evaluate.linear.seed); the training stages are seeded by it
+    "papers/augmentation_generator/dvc.yaml:prepare": (UNSEEDED, [
+        Section(AUGGEN, "data", augmentation_generator.DataConfig)]),
+    "papers/augmentation_generator/dvc.yaml:pretrain": (SEEDED, [
+        Section(AUGGEN, "runs", augmentation_generator.RunsConfig),
+        Section(AUGGEN, "pretrain", augmentation_generator.PretrainConfig)]),
+    "papers/augmentation_generator/dvc.yaml:game": (SEEDED, [
+        Section(AUGGEN, "runs", augmentation_generator.RunsConfig),
+        Section(AUGGEN, "game", augmentation_generator.GameConfig)]),
+    "papers/augmentation_generator/dvc.yaml:retrain": (SEEDED, [
+        Section(AUGGEN, "runs", augmentation_generator.RunsConfig),
+        Section(AUGGEN, "retrain", augmentation_generator.RetrainConfig)]),
+    "papers/augmentation_generator/dvc.yaml:evaluate_pretrained": (UNSEEDED, [
+        Section(AUGGEN, "runs", augmentation_generator.RunsConfig),
+        Section(AUGGEN, "evaluate", augmentation_generator.EvaluateConfig)]),
+    "papers/augmentation_generator/dvc.yaml:evaluate": (UNSEEDED, [
+        Section(AUGGEN, "runs", augmentation_generator.RunsConfig),
+        Section(AUGGEN, "evaluate", augmentation_generator.EvaluateConfig)]),
+    "papers/augmentation_generator/dvc.yaml:report": ((), []),
     # the alias stages (`dvc repro papers/<paper>`) read no params: only the results folder at ${scale}
     "papers/gan_simclr": ((), []),
     "papers/contrad": ((), []),
+    "papers/augmentation_generator": ((), []),
 }
 
 

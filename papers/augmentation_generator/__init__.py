@@ -1,0 +1,1 @@
+"""Hayase et al., "Downstream Augmentation Generation for Contrastive Learning": replication package."""
