@@ -7,10 +7,17 @@ STYLE.md item 2); `simclr_view` makes one. `diff_augment` is DiffAugment
 
 Everything runs on the batch's own device with independent random parameters
 per sample and no per-image Python loop, and every op is differentiable with
-respect to the images (ContraD and DiffAugment back-propagate through them).
+respect to the images (ContraD and DiffAugment back-propagate through them; the
+HSV jitter's HSV step passes its gradient straight through, as ContraD's does).
 Each random function takes `generator` (None = torch's global RNG for that
 device; otherwise a generator on the images' device); a seeded generator gives
 identical output.
+
+Colour jitter comes in two kinds (`SimCLRViewConfig.jitter`): "torchvision"
+(`color_jitter`, torchvision's ColorJitter) and "hsv" (`hsv_color_jitter`, the
+colour-jitter layer of ContraD's official code, jh-jeong/ContraD augment/color_jitter.py:
+contrast around each channel's own mean, then hue, saturation and value moved in HSV
+space with a straight-through gradient, the two groups' order drawn once per call).
 
 Deviations from torchvision, on purpose:
 - crop + resize is one bilinear `grid_sample` (align_corners=False, border
@@ -23,12 +30,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+JITTERS = ("torchvision", "hsv")  # SimCLRViewConfig.jitter: `color_jitter` or `hsv_color_jitter`
+# The HSV jitter's hue factor, drawn in [-hue, hue], shifts the hue by factor * 255/360 of a turn
+# (ContraD's RandomHSVFunction; hue 0.1 is a shift of at most 0.0708 turns, not 0.1).
+HSV_HUE_TURNS = 255 / 360
 # torchvision's RandomResizedCrop tries this many boxes before its central fallback.
 CROP_TRIES = 10
 
@@ -41,7 +53,9 @@ class SimCLRViewConfig:
 
     Colour jitter strength s = 1 (`from_strength` builds other strengths);
     `blur_kernel_frac` is the blur kernel side as a fraction of the image side
-    (10% in the paper), rounded to an odd integer >= 3.
+    (10% in the paper), rounded to an odd integer >= 3. `jitter` picks the colour
+    jitter's semantics: "torchvision" (`color_jitter`) or "hsv" (`hsv_color_jitter`,
+    ContraD's layer, RGB images only), with the same four strengths.
     """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -58,6 +72,7 @@ class SimCLRViewConfig:
     blur_kernel_frac: float = 0.1
     solarize_p: float = 0.0
     solarize_threshold: float = 0.5
+    jitter: str = "torchvision"
 
     def __post_init__(self) -> None:
         for name in ("crop_scale", "crop_ratio", "blur_sigma"):
@@ -77,6 +92,8 @@ class SimCLRViewConfig:
         check_range("hue", self.hue, 0.0, 0.5)
         if not self.blur_kernel_frac > 0:
             raise ValueError(f"blur_kernel_frac must be > 0, got {self.blur_kernel_frac!r}")
+        if self.jitter not in JITTERS:
+            raise ValueError(f"jitter must be one of {list(JITTERS)}, got {self.jitter!r}")
 
     @classmethod
     def from_strength(cls, strength: float, blur: bool = True, **overrides) -> "SimCLRViewConfig":
@@ -224,10 +241,16 @@ def _adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
                           torch.where(v == g, (b - r) / safe_delta + 2, (r - g) / safe_delta + 4))
     hue = (sextant / 6 + shift.view(-1, 1, 1)) % 1.0
     sat = delta / torch.where(v > 0, v, torch.ones_like(v))
-    # HSV -> RGB in closed form: channel n (R=5, G=3, B=1) is v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6.
-    k = (x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + 6 * hue.unsqueeze(1)) % 6
-    rgb = v.unsqueeze(1) * (1 - sat.unsqueeze(1) * torch.minimum(k, 4 - k).clamp(0, 1))
-    return torch.where(shift.view(-1, 1, 1, 1) == 0, x, rgb.clamp(0, 1))
+    return torch.where(shift.view(-1, 1, 1, 1) == 0, x, _hsv_to_rgb(hue, sat, v).clamp(0, 1))
+
+
+def _hsv_to_rgb(hue: Tensor, sat: Tensor, v: Tensor) -> Tensor:
+    """(B, H, W) hue in turns, saturation and value -> (B, 3, H, W) RGB.
+
+    Closed form: channel n (R=5, G=3, B=1) is v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6.
+    """
+    k = (hue.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + 6 * hue.unsqueeze(1)) % 6
+    return v.unsqueeze(1) * (1 - sat.unsqueeze(1) * torch.minimum(k, 4 - k).clamp(0, 1))
 
 
 _JITTER_OPS = (_adjust_brightness, _adjust_contrast, _adjust_saturation, _adjust_hue)
@@ -272,6 +295,105 @@ def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: floa
             if idx.numel():
                 x = x.index_copy(0, idx, op(x.index_select(0, idx), factors[idx, j]))
     return x
+
+
+# ---------------------------------------------------------------- colour: the HSV jitter (ContraD's layer)
+
+def _hue_atan2(x: Tensor) -> Tensor:
+    """(B, H, W) hue in turns [0, 1] of RGB images from atan2 (ContraD's rgb2hsv), not the hexagonal sextants.
+
+    atan2(sqrt(3) (g - b), 2r - g - b) agrees with the hexagonal hue at multiples of 30 degrees and
+    is within about 1.2 degrees of it elsewhere; a gray pixel gets hue 0.
+    """
+    r, g, b = x.unbind(dim=1)
+    angle = torch.atan2(math.sqrt(3) * (g - b), 2 * r - g - b)
+    return (angle % (2 * math.pi)) / (2 * math.pi)
+
+
+def _contrast_per_channel(x: Tensor, factor: Tensor) -> Tensor:
+    """Scale each channel's deviation from that channel's own spatial mean by `factor` (B,), clamp to [0, 1]."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return ((x - mean) * factor.view(-1, 1, 1, 1) + mean).clamp(0, 1)
+
+
+def _hsv_shift(x: Tensor, hue: Tensor, saturation: Tensor, value: Tensor) -> Tensor:
+    """Move RGB images in HSV space: hue + `hue` * HSV_HUE_TURNS turns (mod 1), saturation and value
+    times their factors, each clamped to [0, 1], back to RGB. All factors (B,).
+
+    Straight-through: the gradient wrt x is the identity (ContraD's RandomHSVFunction.backward),
+    none reaches the factors. The value is exactly the HSV round trip's (x - x.detach() adds 0).
+    """
+    v = x.max(dim=1).values
+    sat = 1 - x.min(dim=1).values / (v + 1e-8)  # ContraD's rgb2hsv (black: s = 1, v = 0, so still black)
+    h = ((_hue_atan2(x) + hue.view(-1, 1, 1) * HSV_HUE_TURNS) % 1.0).clamp(0, 1)
+    s = (sat * saturation.view(-1, 1, 1)).clamp(0, 1)
+    v = (v * value.view(-1, 1, 1)).clamp(0, 1)
+    rgb = _hsv_to_rgb(h.detach(), s.detach(), v.detach())
+    return rgb + (x - x.detach())
+
+
+@dataclass
+class HSVJitterParams:
+    """One call's draws of `hsv_color_jitter`: per sample (n,) and the op-group order of the whole call."""
+    apply: Tensor  # bool: the sample is jittered (RandomApply with p)
+    contrast_first: bool  # contrast then HSV, or HSV then contrast: one order for every sample of the call
+    contrast: Tensor  # factor U[max(0, 1 - contrast), 1 + contrast]
+    hue: Tensor  # factor U[-hue, hue]: the hue moves by factor * HSV_HUE_TURNS of a turn
+    saturation: Tensor  # factor U[max(0, 1 - saturation), 1 + saturation]
+    value: Tensor  # brightness as a factor on V: U[max(0, 1 - brightness), 1 + brightness]
+
+
+def hsv_jitter_params(n: int, brightness: float, contrast: float, saturation: float, hue: float, p: float,
+                      x: Tensor, generator: torch.Generator | None = None) -> HSVJitterParams:
+    """The draws of `hsv_color_jitter` for a call on `n` samples like `x`, in the order the jitter draws
+    them (the apply mask, the order, then contrast, hue, saturation and value factors): the same
+    generator state gives the same parameters as the jitter itself uses."""
+    apply = _coin(n, p, x, generator)
+    contrast_first = bool(torch.rand((), device=x.device, generator=generator) < 0.5)  # one sync per call
+    return HSVJitterParams(
+        apply=apply, contrast_first=contrast_first,
+        contrast=_uniform(n, max(0.0, 1 - contrast), 1 + contrast, x, generator),
+        hue=_uniform(n, -hue, hue, x, generator),
+        saturation=_uniform(n, max(0.0, 1 - saturation), 1 + saturation, x, generator),
+        value=_uniform(n, max(0.0, 1 - brightness), 1 + brightness, x, generator))
+
+
+def hsv_color_jitter(x: Tensor, brightness: float, contrast: float, saturation: float, hue: float, p: float,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """ContraD's colour jitter (jh-jeong/ContraD augment/color_jitter.py), applied to each RGB sample
+    with probability `p`.
+
+    Two op groups, in one order for the whole call (a fair coin: contrast first or HSV first):
+    - contrast: each channel's deviation from its own spatial mean times U[max(0, 1-c), 1+c], clamped
+      to [0, 1] (torchvision: around the mean of the grayscale image);
+    - HSV: RGB -> HSV with the atan2 hue, hue + U[-hue, hue] * 255/360 turns mod 1 (torchvision: up
+      to `hue` turns), saturation and value (brightness) each times U[max(0, 1-s), 1+s], clamped to
+      [0, 1], back to RGB. Its gradient wrt the images is the identity (straight-through), as the
+      official autograd Function's; contrast has its true gradient.
+    The HSV round trip is not exactly the identity even with unit factors (the atan2 hue differs
+    from the hexagonal one by up to about 1.2 degrees). Every sample's factors are drawn, the
+    jittered ones replace their input (`hsv_jitter_params` gives the draws). Half-precision images
+    (bf16 fakes under CUDA autocast) are jittered in float32 and returned in their own dtype.
+    """
+    _check_images(x)
+    if x.shape[1] != 3:
+        raise ValueError(f"jitter 'hsv' needs RGB images (B, 3, H, W), got {tuple(x.shape)}")
+    for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+        check_range(name, value, 0.0, math.inf)
+    check_range("hue", hue, 0.0, 0.5)
+    check_range("p", p, 0.0, 1.0)
+    dtype = x.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # atan2 and the hue arithmetic in bf16 move colours by up to 0.07
+    draws = hsv_jitter_params(x.shape[0], brightness, contrast, saturation, hue, p, x, generator)
+    y = x
+    for group in ("contrast", "hsv") if draws.contrast_first else ("hsv", "contrast"):
+        y = (_contrast_per_channel(y, draws.contrast) if group == "contrast"
+             else _hsv_shift(y, draws.hue, draws.saturation, draws.value))
+    return torch.where(draws.apply.view(-1, 1, 1, 1), y, x).to(dtype)
+
+
+JITTER_FUNCTIONS = {"torchvision": color_jitter, "hsv": hsv_color_jitter}
 
 
 def random_grayscale(x: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
@@ -329,13 +451,15 @@ def blur_kernel_size(frac: float, side: int) -> int:
 # ---------------------------------------------------------------- SimCLR views
 
 def simclr_view(x: Tensor, cfg: SimCLRViewConfig, generator: torch.Generator | None = None) -> Tensor:
-    """One SimCLR view of float images in [0, 1]: crop + flip, colour jitter, grayscale, blur, solarize.
+    """One SimCLR view of float images in [0, 1]: crop + flip, colour jitter (`cfg.jitter`'s kind),
+    grayscale, blur, solarize.
 
     Output has the input's shape and dtype and stays in [0, 1].
     """
     _check_images(x)
     x = random_resized_crop(x, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, generator=generator)
-    x = color_jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_p, generator)
+    jitter = JITTER_FUNCTIONS[cfg.jitter]
+    x = jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_p, generator)
     x = random_grayscale(x, cfg.grayscale_p, generator)
     kernel = blur_kernel_size(cfg.blur_kernel_frac, min(x.shape[-2:]))
     x = gaussian_blur(x, cfg.blur_p, cfg.blur_sigma, kernel, generator)
@@ -385,23 +509,41 @@ def rand_contrast(x: Tensor, generator: torch.Generator | None = None) -> Tensor
     return (x - mean) * _uniform(x.shape[0], 0.5, 1.5, x, generator).view(-1, 1, 1, 1) + mean
 
 
-def rand_translation(x: Tensor, ratio: float = 0.125, generator: torch.Generator | None = None) -> Tensor:
-    """DiffAugment translation: integer shifts in [-s, s], s = round(ratio * side), zero fill.
+def rand_translation(x: Tensor, ratio: float = 0.125, generator: torch.Generator | None = None,
+                     fill: Literal["zero", "reflect"] = "zero") -> Tensor:
+    """DiffAugment translation: integer shifts in [-s, s], s = round(ratio * side), zero fill by default.
 
-    Output pixel (i, j) of a sample is input pixel (i + dy, j + dx), or 0 where
-    that is outside the image; dy (rows) is drawn before dx (columns).
+    Output pixel (i, j) of a sample is input pixel (i + dy, j + dx); dy (rows) is drawn
+    before dx (columns). Where that is outside the image, `fill` decides: "zero" (DiffAugment)
+    gives 0; "reflect" reads the image mirrored at its edge, the edge pixel repeated
+    (numpy's "symmetric" padding: row -1 is row 0, row H is row H - 1), as ContraD's
+    HFlip + translation of CR / bCR. Both fills draw the same shifts.
     """
+    if fill not in ("zero", "reflect"):
+        raise ValueError(f"rand_translation: fill must be 'zero' or 'reflect', got {fill!r}")
     b, _, height, width = x.shape
     sy, sx = int(height * ratio + 0.5), int(width * ratio + 0.5)  # the official rounding
+    if fill == "reflect" and (sy > height or sx > width):  # one mirror covers shifts up to the side
+        raise ValueError(f"rand_translation: fill 'reflect' needs shifts of at most the side, got ratio {ratio} "
+                         f"on {height} x {width} images")
     dy = torch.randint(-sy, sy + 1, (b, 1), device=x.device, generator=generator)
     dx = torch.randint(-sx, sx + 1, (b, 1), device=x.device, generator=generator)
     rows = torch.arange(height, device=x.device) + dy  # (B, H)
     cols = torch.arange(width, device=x.device) + dx  # (B, W)
-    inside = ((rows >= 0) & (rows < height)).unsqueeze(2) & ((cols >= 0) & (cols < width)).unsqueeze(1)
     batch = torch.arange(b, device=x.device).view(b, 1, 1)
+    if fill == "reflect":
+        rows, cols = _reflect_index(rows, height), _reflect_index(cols, width)
+        return x[batch, :, rows.unsqueeze(2), cols.unsqueeze(1)].permute(0, 3, 1, 2)
+    inside = ((rows >= 0) & (rows < height)).unsqueeze(2) & ((cols >= 0) & (cols < width)).unsqueeze(1)
     # Advanced indices around a slice put the indexed dims first: (B, H, W, C).
     moved = x[batch, :, rows.clamp(0, height - 1).unsqueeze(2), cols.clamp(0, width - 1).unsqueeze(1)]
     return moved.permute(0, 3, 1, 2) * inside.unsqueeze(1).to(x.dtype)
+
+
+def _reflect_index(index: Tensor, side: int) -> Tensor:
+    """Indices in [-side, 2 side) mirrored into [0, side) with the edge repeated: i < 0 -> -i - 1,
+    i >= side -> 2 side - 1 - i."""
+    return torch.where(index < 0, -index - 1, torch.where(index >= side, 2 * side - 1 - index, index))
 
 
 def rand_cutout(x: Tensor, ratio: float = 0.5, generator: torch.Generator | None = None) -> Tensor:

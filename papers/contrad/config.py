@@ -5,21 +5,23 @@ import dataclasses
 from pathlib import Path
 
 from shared.metrics import MetricsConfig
-from shared.trainers.gan import GANConfig
+from shared.trainers.gan import GANConfig, check_latent_prior
 from shared.trainers.linear_eval import LinearEvalConfig
 from shared.views import SimCLRViewConfig
 
 PARAMS = Path(__file__).with_name("params.yaml")
 
 ARCHITECTURES = ("sndcgan", "snresnet18")  # D; G is SNDCGAN for both (Table 1's first two blocks)
-METHODS = ("baseline", "diffaugment", "contrad", "simclr")  # simclr: D trained by L_con+ alone (Table 3)
+# cr / bcr: consistency regularisation (Table 1's CR and bCR rows); simclr: D trained by L_con+ alone (Table 3)
+METHODS = ("baseline", "diffaugment", "cr", "bcr", "contrad", "simclr")
 
 
 def _contrad_views() -> SimCLRViewConfig:
-    # ContraD's `simclr` augmentation (official augment.gin): no blur.
+    # ContraD's `simclr` augmentation (official augment.gin): no blur; its own colour jitter
+    # (augment/color_jitter.py: per-channel contrast, HSV hue/saturation/value, hue x 255/360).
     return SimCLRViewConfig(crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, brightness=0.4,
                             contrast=0.4, saturation=0.4, hue=0.1, jitter_p=0.8, grayscale_p=0.2, blur_p=0.0,
-                            solarize_p=0.0)
+                            solarize_p=0.0, jitter="hsv")
 
 
 def _paper_train() -> GANConfig:
@@ -36,6 +38,10 @@ class ArchitectureConfig:
     width: float = 1.0  # channel multiplier of G and D (paper: 1)
     z_dim: int = 128
     score_hidden: int = 512  # hidden width of ContraD's heads (official d_hidden)
+    latent_prior: str = "uniform"  # G_SNDCGAN.sample_latent: z ~ U(-1, 1)^z_dim ("normal": N(0, I))
+
+    def __post_init__(self):
+        check_latent_prior(self.latent_prior)
 
 
 def _paper_architectures() -> dict[str, ArchitectureConfig]:
@@ -53,6 +59,8 @@ class TrainStageConfig:
     diffaugment_policy: str = "translation,cutout"  # Table 1's DiffAug row
     temperature: float = 0.1  # --temp
     lambda_a: float = 1.0  # --lbd_a
+    lambda_real: float = 10.0  # CR / bCR: the weight of the reals' consistency penalty (--lbd)
+    lambda_fake: float = 10.0  # bCR: the weight of the fakes' consistency penalty (--lbd2)
     views: SimCLRViewConfig = dataclasses.field(default_factory=_contrad_views)
     fid_samples: int = 10_000  # FID of 10k samples against the CIFAR-10 test set
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)

@@ -14,6 +14,8 @@ heads are trained on them with different seeds (plain SGD 0.1, 100 epochs, x0.1 
 Writes `<out>/table1_fid.json` and `<out>/table1_is.json` (each with the evaluation
 history) and/or `<out>/table3.json` in the suite's metrics-file format (paper, table, row, scale, seed, metrics) and `<out>/samples.png`
 (G's last sample grid), or the skip marker `<out>/skipped.json` for a run the scale does not make.
+Every record carries what its run used from the train record (`RUN_SETTINGS`: G's `latent_prior`, D's
+colour `jitter`, None for a method without the views); a train record older than those keys gives none.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ from shared.io import atomic_write
 from shared.metrics import FID_RECORD_KEYS
 from shared.stage import start
 from shared.trainers.linear_eval import extract_features, train_linear
+
+RUN_SETTINGS = ("latent_prior", "jitter")  # copied from the train record into every record of the run
 
 
 class DiscriminatorFeatures(nn.Module):
@@ -102,11 +106,13 @@ def run(args: argparse.Namespace) -> dict:
     t = trained.extra
     arch, method, seed = t["architecture"], t["method"], trained.seed
     row, written = row_id(arch, method), {}
+    settings = {k: t[k] for k in RUN_SETTINGS if k in t}  # which prior and jitter the run used
 
     if method != "simclr":  # a GAN: its FID and IS at the best-FID evaluation, one file per reported table
         cell = table1_cell(t)
         common = dict(best_step=t["best"]["step"], fid_samples=t["fid_samples"], steps=t["steps"], kimg=t["kimg"],
-                      **{k: t[k] for k in FID_RECORD_KEYS if k in t})  # label, sample counts, reference, IS
+                      **{k: t[k] for k in FID_RECORD_KEYS if k in t},  # label, sample counts, reference, IS
+                      **settings)
         for name in ("fid", "is"):
             values = {k: v for k, v in cell.items() if k.startswith(f"{name}_")}
             written[f"table1_{name}.json"] = stage.record(values, table=f"table1_{name}", row=row, **common,
@@ -123,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         tx, ty = data.load_prepared(args.prepared, "test")
         result = linear_eval_of_d(D, _limited(x, y, cfg.train_limit), _limited(tx, ty, cfg.test_limit), cfg, device)
         acc = result.pop("linear_eval_acc")
-        written["table3.json"] = stage.record({"linear_eval_acc": acc}, table="table3", row=row,
+        written["table3.json"] = stage.record({"linear_eval_acc": acc}, table="table3", row=row, **settings,
                                               linear_eval=result, protocol=config.to_dict(cfg))
         print(f"evaluate {row} seed {seed}: linear eval {acc:.2f}% over {cfg.repeats} heads ({stage.scale})")
     for name, record in written.items():

@@ -18,9 +18,15 @@ augment/__init__.py; read, not copied) fixes what the paper leaves open:
   d_fake from the fakes (real view 2 is not scored). Loss = L_con+ + lbd_a L_con- + L_dis.
 - G step: softplus(-h_d(D(aug(G(z))))), through all of D (features not detached).
 - Augmentation `simclr`: RandomResizedCrop scale (0.2, 1) ratio (3/4, 4/3), flip,
-  ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale p 0.2, no blur.
+  ColorJitterLayer(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale p 0.2, no blur. Its colour
+  jitter is not torchvision's (augment/color_jitter.py, augment/utils.py): contrast around
+  each channel's own mean; hue, saturation and value (brightness) moved in HSV space, the
+  hue by U[-0.1, 0.1] * 255/360 of a turn; the two groups in one random order per batch;
+  a straight-through (identity) gradient through the HSV round trip. `contrad_views` uses
+  the suite's implementation of it, `shared.views.hsv_color_jitter` (`jitter: hsv`);
+  `jitter: torchvision` gives torchvision's ColorJitter instead.
 
-Deviations, on purpose: the augmentation is the suite's `shared.views.simclr_view`
+Deviations, on purpose: crop and flip are the suite's `shared.views.simclr_view`
 (torchvision semantics; the official layers differ in details such as reflection
 padding at crop borders and how crop tries are pooled across the batch); images
 stay in [-1, 1] outside the augmentation. The hyperparameters keep the suite's
@@ -121,9 +127,11 @@ class ContraDDiscriminator(nn.Module):
 # ---------------------------------------------------------------- augmentation
 
 def contrad_views(**overrides) -> SimCLRViewConfig:
-    """ContraD's `simclr` augmentation for D (augment/__init__.py and configs/defaults/augment.gin)."""
+    """ContraD's `simclr` augmentation for D (augment/__init__.py and configs/defaults/augment.gin),
+    with its own colour jitter (`jitter="hsv"`)."""
     fields = dict(crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, brightness=0.4, contrast=0.4,
-                  saturation=0.4, hue=0.1, jitter_p=0.8, grayscale_p=0.2, blur_p=0.0, solarize_p=0.0)
+                  saturation=0.4, hue=0.1, jitter_p=0.8, grayscale_p=0.2, blur_p=0.0, solarize_p=0.0,
+                  jitter="hsv")
     return SimCLRViewConfig(**{**fields, **overrides})
 
 

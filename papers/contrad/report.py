@@ -38,8 +38,9 @@ from shared.report import Report, figure, not_run, report_parser, run_report, ru
 
 PAPER = "contrad"
 GAN_METHODS = {"baseline": "baseline (no augmentation)", "diffaugment": "DiffAugment (translation, cutout)",
+               "cr": "CR (HFlip, translation)", "bcr": "bCR (HFlip, translation)",
                "contrad": "ContraD (SimCLR augmentation)"}
-FID_CLAIM_METHODS = ("baseline", "diffaugment", "contrad")
+FID_CLAIM_METHODS = ("baseline", "diffaugment", "cr", "bcr", "contrad")  # every row of the block the paper compares
 
 
 def detector_kind(files: list[Path], metric: str = "fid") -> str | None:
@@ -65,7 +66,7 @@ def claims(fid: Comparison, table3: Comparison, reported: dict) -> list[dict]:
     fid_values = _values(fid, arch, FID_CLAIM_METHODS)
     lin_values = _values(table3, arch, ("simclr", "contrad"))
     return [
-        {"id": "fid", "claim": "ContraD gives the best FID of baseline, DiffAugment and ContraD (SNDCGAN)",
+        {"id": "fid", "claim": "ContraD gives the best FID of baseline, DiffAugment, CR, bCR and ContraD (SNDCGAN)",
          "source": "Table 1, G: SNDCGAN / D: SNDCGAN block",
          "reported": "FID " + ", ".join(f"{m} {printed['table1_fid'][f'{arch}_{m}_c10']}" for m in FID_CLAIM_METHODS)
                      + " (Inception, 10k samples)",

@@ -4,8 +4,11 @@
         --out papers/contrad/outputs/train/sndcgan_contrad_seed0
 
 Methods: `baseline` (non-saturating, no augmentation), `diffaugment` (DiffAugment
-translation,cutout on every D input), `contrad` (ContraD) and `simclr` (D trained by
-L_con+ alone, Table 3's reference; G is not trained). Writes `<out>/best.pt` (G_ema at
+translation,cutout on every D input), `cr` (the baseline plus consistency regularisation on
+the reals, weight `lambda_real`), `bcr` (balanced CR: also on the fakes, weight `lambda_fake`;
+both with T = HFlip + translation of up to 4 px, reflection fill, shared.gan_losses.cr / bcr),
+`contrad` (ContraD) and `simclr` (D trained by L_con+ alone, Table 3's reference; G is not
+trained). Writes `<out>/best.pt` (G_ema at
 the best FID), `<out>/discriminator.pt` (D at the end of training, for the linear
 evaluation), `<out>/checkpoint.pt` (resumable), `<out>/samples/*.png`,
 `<out>/metrics.json` and `<out>/config.yaml`. A combination the scale does not run
@@ -17,6 +20,11 @@ FID during training (every `eval_every` steps, `fid_samples` samples) is the in-
 names a file, that best G_ema gets one Inception FID at the end (`fid_inception`, of
 `metrics.inception_samples` samples against the precomputed `metrics.reference_stats`), kept in
 the record's `best`; the record's FID description keys are then that FID's (shared.metrics.gan_scorers).
+
+G's latents come from `architectures.<arch>.latent_prior` (the official U(-1, 1) for SNDCGAN's G, at
+training, FID and sample grids alike), D's views use `views.jitter` (the official code's own colour
+jitter, `hsv`); the record and the resolved config say which (`latent_prior`, `jitter`; jitter None for
+the methods that do not augment with the views).
 """
 from __future__ import annotations
 
@@ -29,19 +37,24 @@ import torch
 
 from papers.contrad.config import ARCHITECTURES, METHODS, PARAMS, TrainStageConfig
 from papers.contrad.method import contrad, simclr_only
-from papers.contrad.models import build_models
+from papers.contrad.models import CONTRASTIVE, build_models
 from shared import checkpoint, config, data, metrics
 from shared.cli import run_stage, stage_parser
 from shared.device import to_device
-from shared.gan_losses import GANMethod, nonsaturating
+from shared.gan_losses import GANMethod, bcr, cr, nonsaturating
 from shared.stage import start
 from shared.trainers.gan import fid_evaluate, train_gan
+
 
 def build_method(name: str, cfg: TrainStageConfig) -> GANMethod:
     if name == "baseline":
         return nonsaturating("")
     if name == "diffaugment":
         return nonsaturating(cfg.diffaugment_policy)
+    if name == "cr":
+        return cr(cfg.lambda_real)
+    if name == "bcr":
+        return bcr(cfg.lambda_real, cfg.lambda_fake)
     if name == "contrad":
         return contrad(cfg.views, cfg.temperature, cfg.lambda_a)
     if name == "simclr":
@@ -73,25 +86,30 @@ def run(args: argparse.Namespace) -> dict | None:
     G, D = build_models(args.architecture, args.method, cfg)
     G, D = to_device(G, device), to_device(D, device)
     method = build_method(args.method, cfg)
-    z_dim = cfg.architectures[args.architecture].z_dim
+    arch = cfg.architectures[args.architecture]
+    z_dim, latent_prior = arch.z_dim, arch.latent_prior  # G's latents: size and prior (official: U(-1, 1))
+    # what each run used, in its record: D's colour jitter (None: the method does not use the views) and G's prior
+    jitter = cfg.views.jitter if args.method in CONTRASTIVE else None
 
     evaluate, final_evaluate, scorer, final_scorer, train_cfg = None, None, None, None, cfg.train
     if method.g_loss is not None:  # a D-only run has no generator worth scoring
         test_x, _ = data.load_prepared(args.prepared, "test")
         scorer, final_scorer = metrics.gan_scorers(test_x, cfg.metrics, device, reference="CIFAR-10 test set")
         train_cfg = dataclasses.replace(cfg.train, best_key=f"fid_{scorer.kind}")
-        evaluate = fid_evaluate(scorer, cfg.fid_samples, 500, device, z_dim)
+        evaluate = fid_evaluate(scorer, cfg.fid_samples, 500, device, z_dim, latent_prior=latent_prior)
         if final_scorer is not None:
-            final_evaluate = fid_evaluate(final_scorer, cfg.metrics.inception_samples, 500, device, z_dim)
+            final_evaluate = fid_evaluate(final_scorer, cfg.metrics.inception_samples, 500, device, z_dim,
+                                          latent_prior=latent_prior)
 
     resolved = {"architecture": args.architecture, "method": args.method, "seed": args.seed,
+                "latent_prior": latent_prior, "jitter": jitter,
                 "train": config.to_dict(cfg), "fid": None if scorer is None else scorer.label if final_scorer is None
                 else {"during_training": scorer.label, "final_best_g_ema": final_scorer.label}}
     name = f"{args.architecture}_{args.method}"
     with stage.tracked(resolved, f"train/{name}/seed{args.seed}", architecture=args.architecture,
                        method=args.method, row=name) as log:
         result = train_gan(train_cfg, G, D, method, loader, out_dir=stage.out, logger=log, device=device,
-                           z_dim=z_dim, evaluate=evaluate, final_evaluate=final_evaluate)
+                           z_dim=z_dim, latent_prior=latent_prior, evaluate=evaluate, final_evaluate=final_evaluate)
         checkpoint.save(stage.out / "discriminator.pt", {"D": D.state_dict(), "architecture": args.architecture,
                                                          "method": args.method, "steps": result.steps})
         # the best checkpoint's one Inception FID beside its in-domain one (its IS is the history's)
@@ -103,6 +121,7 @@ def run(args: argparse.Namespace) -> dict | None:
                                                    "indomain": scorer.describe(cfg.fid_samples)})
         record = stage.record(
             best, row=name, architecture=args.architecture, method=args.method, method_name=method.name,
+            latent_prior=latent_prior, jitter=jitter,
             fid_samples=cfg.fid_samples, **described,
             reference_is=None if scorer is None else scorer.reference_is,
             best=at_best, history=result.history, steps=result.steps,

@@ -37,6 +37,11 @@ G first); lazy R1 is added to that step's D loss with weight gamma/2 * r1_interv
 is no Adam lr/beta correction for it; R1 runs its own D forward on a fresh
 augmentation of the reals.
 
+The latent prior is one of `LATENT_PRIORS`: "normal", z ~ N(0, I) (StyleGAN2, the default), or
+"uniform", z ~ U(-1, 1)^z_dim (the SNDCGAN generator of ContraD's official code, models/gan/sndcgan.py
+`sample_latent`). `sample_latent` is the one place z is drawn: the D and G steps, the sample grids and
+`sample_images` (so `fid_evaluate`) all call it with the run's `latent_prior`, given like `z_dim`.
+
 Conditional GANs, G(z, c) and D(x, c): `train_gan(..., condition=provider)`. A
 `ConditionProvider` turns each loader batch into the reals D sees and the
 conditions of the reals and of the fakes (`sample(batch) -> ConditionedBatch`), and
@@ -91,6 +96,7 @@ from shared.trainers.conditions import (  # noqa: F401 - re-exported: callers im
     ClassConditions, ConditionedBatch, ConditionProvider, InstanceConditions, knn_neighbourhoods)
 
 Evaluate = Callable[[nn.Module, int], dict[str, float]]
+LATENT_PRIORS = ("normal", "uniform")  # N(0, I); U(-1, 1)^z_dim
 
 
 @dataclasses.dataclass
@@ -150,6 +156,25 @@ class GANResult:
 
 # ---------------------------------------------------------------- helpers
 
+def check_latent_prior(prior: str) -> str:
+    """`prior` if it is one of `LATENT_PRIORS`, else a ValueError naming the allowed ones."""
+    if prior not in LATENT_PRIORS:
+        raise ValueError(f"latent_prior must be one of {list(LATENT_PRIORS)}, got {prior!r}")
+    return prior
+
+
+def sample_latent(n: int, z_dim: int, prior: str, device: torch.device | str | None,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Latents z (n, z_dim): "normal" N(0, I), or "uniform" U(-1, 1) per coordinate ([-1, 1) exactly).
+
+    Drawn from `generator` (None: torch's global RNG of `device`); the normal prior draws exactly what
+    `torch.randn(n, z_dim)` draws.
+    """
+    if check_latent_prior(prior) == "normal":
+        return torch.randn(n, z_dim, device=device, generator=generator)
+    return torch.rand(n, z_dim, device=device, generator=generator) * 2 - 1
+
+
 class RNGPreserved:
     """Run a block (sampling, evaluation) without moving any RNG the training loop draws from."""
 
@@ -187,13 +212,15 @@ def to_model_range(x: Tensor, device: torch.device) -> Tensor:
 
 @torch.no_grad()
 def sample_images(G_ema: nn.Module, n: int, batch_size: int, seed: int, device: torch.device,
-                  truncation_psi: float = 1.0, z_dim: int | None = None, c: Tensor | None = None) -> Tensor:
+                  truncation_psi: float = 1.0, z_dim: int | None = None, c: Tensor | None = None,
+                  latent_prior: str = "normal") -> Tensor:
     """`n` uint8 images (n, C, H, W) on the CPU from G_ema in eval mode, deterministic by `seed`.
 
-    Latents and per-layer noise are drawn from the global RNGs seeded with `seed` inside
-    a block that restores them afterwards, so sampling never perturbs training. The
-    same (seed, batch_size) gives the same images. A conditional G gets `c`, one
-    condition per image ((n,) labels or (n, d) features, e.g. a provider's `fixed(n, seed)`).
+    Latents (`sample_latent` with `latent_prior`) and per-layer noise are drawn from the global
+    RNGs seeded with `seed` inside a block that restores them afterwards, so sampling never
+    perturbs training. The same (seed, batch_size, latent_prior) gives the same images. A
+    conditional G gets `c`, one condition per image ((n,) labels or (n, d) features, e.g. a
+    provider's `fixed(n, seed)`).
     """
     z_dim = G_ema.z_dim if z_dim is None else z_dim
     if c is not None and c.shape[0] != n:
@@ -203,7 +230,7 @@ def sample_images(G_ema: nn.Module, n: int, batch_size: int, seed: int, device: 
     out = []
     with RNGPreserved():
         torch.manual_seed(seed)
-        z = torch.randn(n, z_dim, device=device)
+        z = sample_latent(n, z_dim, latent_prior, device)
         conditions = [None] * math.ceil(n / batch_size) if c is None else c.to(device).split(batch_size)
         for chunk, c_chunk in zip(z.split(batch_size), conditions, strict=True):
             with autocast(device):
@@ -213,13 +240,16 @@ def sample_images(G_ema: nn.Module, n: int, batch_size: int, seed: int, device: 
 
 
 def fid_evaluate(scorer, n: int, batch_size: int, device: torch.device, z_dim: int | None = None,
-                 condition: ConditionProvider | None = None) -> Evaluate:
-    """The trainer's `evaluate`: score `n` G_ema samples drawn with the step as seed (`scorer`: a
-    `shared.metrics.FIDScorer`, returning fid_<kind> / is_<kind>); a conditional G gets the
-    provider's `fixed(n, seed=step)` conditions."""
+                 condition: ConditionProvider | None = None, latent_prior: str = "normal") -> Evaluate:
+    """The trainer's `evaluate`: score `n` G_ema samples drawn with the step as seed from the latent
+    prior `latent_prior` (`scorer`: a `shared.metrics.FIDScorer`, returning fid_<kind> / is_<kind>);
+    a conditional G gets the provider's `fixed(n, seed=step)` conditions."""
+    check_latent_prior(latent_prior)
+
     def evaluate(G_ema: nn.Module, step: int) -> dict[str, float]:
         c = None if condition is None else condition.fixed(n, seed=step, device=device)
-        return scorer.score(sample_images(G_ema, n, batch_size, seed=step, device=device, z_dim=z_dim, c=c))
+        return scorer.score(sample_images(G_ema, n, batch_size, seed=step, device=device, z_dim=z_dim, c=c,
+                                          latent_prior=latent_prior))
     return evaluate
 
 
@@ -332,14 +362,16 @@ def _condition_kwargs(**conditions: Tensor | None) -> dict[str, Tensor | None]:
 
 def d_step(G: nn.Module, D: nn.Module, method: GANMethod, real: Tensor, opt_d: torch.optim.Optimizer,
            cfg: GANConfig, d_index: int, z_dim: int, device: torch.device, step: int,
-           c_real: Tensor | None = None, c_fake: Tensor | None = None) -> dict[str, float]:
-    """One D update on `real` (in [-1, 1]) and fresh fakes; R1 when `d_index` % r1_interval == 0.
+           c_real: Tensor | None = None, c_fake: Tensor | None = None,
+           latent_prior: str = "normal") -> dict[str, float]:
+    """One D update on `real` (in [-1, 1]) and fresh fakes of latents from `latent_prior`; R1 when
+    `d_index` % r1_interval == 0.
 
     A conditional run gives the reals' conditions `c_real` (D(real, c_real)) and the fakes'
     `c_fake` (D(G(z, c_fake), c_fake)), one per image.
     """
     D.requires_grad_(True)
-    z = torch.randn(real.shape[0], z_dim, device=device)
+    z = sample_latent(real.shape[0], z_dim, latent_prior, device)
     with torch.no_grad(), autocast(device):
         fake = _generate(G, z, cfg.style_mixing_prob, c=c_fake)
     with autocast(device):
@@ -358,13 +390,14 @@ def d_step(G: nn.Module, D: nn.Module, method: GANMethod, real: Tensor, opt_d: t
 
 def g_step(G: nn.Module, D: nn.Module, method: GANMethod, opt_g: torch.optim.Optimizer, cfg: GANConfig,
            batch_size: int, z_dim: int, device: torch.device, step: int,
-           c_fake: Tensor | None = None) -> dict[str, float]:
-    """One G update; D is frozen (no parameter gradients) but passes gradients to its input.
+           c_fake: Tensor | None = None, latent_prior: str = "normal") -> dict[str, float]:
+    """One G update on latents from `latent_prior`; D is frozen (no parameter gradients) but passes
+    gradients to its input.
 
     A conditional run gives the fakes' conditions `c_fake` ((batch_size,) or (batch_size, d)).
     """
     D.requires_grad_(False)
-    z = torch.randn(batch_size, z_dim, device=device)
+    z = sample_latent(batch_size, z_dim, latent_prior, device)
     with autocast(device):
         fake = _generate(G, z, cfg.style_mixing_prob, c=c_fake)
         loss, logs = method.g_loss(D, fake, method.augment, **_condition_kwargs(c_fake=c_fake))
@@ -382,8 +415,12 @@ def g_step(G: nn.Module, D: nn.Module, method: GANMethod, opt_g: torch.optim.Opt
 def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loader: EpochLoader, *,
               out_dir: str | Path, logger: Logger, device: torch.device, z_dim: int,
               evaluate: Evaluate | None = None, condition: ConditionProvider | None = None,
-              final_evaluate: Evaluate | None = None, progress: bool = True) -> GANResult:
+              final_evaluate: Evaluate | None = None, progress: bool = True,
+              latent_prior: str = "normal") -> GANResult:
     """Train G and D with `method` on `loader`'s uint8 batches for `cfg.steps` G updates.
+
+    G's latents are (z_dim,) vectors from `latent_prior` ("normal" or "uniform", see `sample_latent`)
+    in the D and G steps and the sample grids; give `fid_evaluate` the same prior.
 
     `loader` yields (x_uint8, y) or (x_uint8, y, index) batches of exactly `cfg.batch_size`
     (drop_last) with a deterministic order per `set_epoch(e)`. With a `condition` provider
@@ -407,6 +444,7 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
     Under torchrun (see the module docstring) `loader` is the same global loader on every rank
     and `evaluate` runs on rank 0; only rank 0 logs and writes files.
     """
+    check_latent_prior(latent_prior)
     out_dir = Path(out_dir)
     ckpt_path, best_path = out_dir / "checkpoint.pt", out_dir / "best.pt"
     if len(loader) == 0:
@@ -474,12 +512,13 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
                 flip = torch.rand(real.shape[0], 1, 1, 1, device=device) < 0.5
                 real = torch.where(flip, real.flip(3), real)
             d_logs = d_step(G, D, method, real, opt_d, cfg, step * cfg.d_steps_per_g + k, z_dim, device, step + 1,
-                            c_real=c_real, c_fake=c_fake)
+                            c_real=c_real, c_fake=c_fake, latent_prior=latent_prior)
 
         # ---- G: method's G loss through the frozen D, then the EMA of G (a D-only method skips it)
         g_logs = {}
         if method.g_loss is not None:
-            g_logs = g_step(G, D, method, opt_g, cfg, rank_batch, z_dim, device, step + 1, c_fake=c_fake)
+            g_logs = g_step(G, D, method, opt_g, cfg, rank_batch, z_dim, device, step + 1, c_fake=c_fake,
+                            latent_prior=latent_prior)
             sched_g.step()
         sched_d.step()
         step += 1
@@ -496,7 +535,7 @@ def train_gan(cfg: GANConfig, G: nn.Module, D: nn.Module, method: GANMethod, loa
             bar.set_postfix({k.split("/")[0]: f"{v:.3f}" for k, v in logs.items() if k.endswith("/total")})
         if (step % cfg.sample_every == 0 or last) and main:
             images = sample_images(G_ema, cfg.n_sample_grid, cfg.batch_size, cfg.sample_seed, device, z_dim=z_dim,
-                                   c=grid_c)
+                                   c=grid_c, latent_prior=latent_prior)
             grid = image_grid(images, nrow=math.ceil(math.sqrt(cfg.n_sample_grid)))
             name = f"step_{step:07d}.png"
             samples[name] = png_bytes(grid)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from shared.view_sources.protocol import as_float_images
-from shared.views import (SimCLRViewConfig, blur_kernel_size, check_range, color_jitter, gaussian_blur,
+from shared.views import (JITTER_FUNCTIONS, JITTERS, SimCLRViewConfig, blur_kernel_size, check_range, gaussian_blur,
                           random_grayscale, random_horizontal_flip, random_resized_crop, solarize)
 
 OPS = ("crop", "flip", "jitter", "grayscale", "blur", "solarize")
@@ -71,16 +71,21 @@ class FlipOp:
 
 @dataclass
 class JitterOp:
-    """torchvision ColorJitter in a random order per sample (`shared.views.color_jitter`)."""
+    """Colour jitter of kind `kind` (`shared.views.JITTERS`): "torchvision", torchvision's ColorJitter in a
+    random order per sample (`shared.views.color_jitter`), or "hsv", ContraD's layer
+    (`shared.views.hsv_color_jitter`, RGB only), with the same four strengths."""
     enabled: bool = True
     p: float = 0.8
     brightness: float = 0.8
     contrast: float = 0.8
     saturation: float = 0.8
     hue: float = 0.2
+    kind: str = "torchvision"
 
     def __post_init__(self) -> None:
         _check_switch("jitter", self.enabled, self.p)
+        if self.kind not in JITTERS:
+            raise ValueError(f"jitter.kind must be one of {list(JITTERS)}, got {self.kind!r}")
         for name in ("brightness", "contrast", "saturation"):
             check_range(f"jitter.{name}", getattr(self, name), 0.0, float("inf"))
         check_range("jitter.hue", self.hue, 0.0, 0.5)
@@ -188,7 +193,7 @@ class PipelineConfig:
         return cls(crop=CropOp(scale=cfg.crop_scale, ratio=cfg.crop_ratio),
                    flip=FlipOp(p=cfg.flip_p),
                    jitter=JitterOp(p=cfg.jitter_p, brightness=cfg.brightness, contrast=cfg.contrast,
-                                   saturation=cfg.saturation, hue=cfg.hue),
+                                   saturation=cfg.saturation, hue=cfg.hue, kind=cfg.jitter),
                    grayscale=GrayscaleOp(p=cfg.grayscale_p),
                    blur=BlurOp(p=cfg.blur_p, sigma=cfg.blur_sigma, kernel_frac=cfg.blur_kernel_frac),
                    solarize=SolarizeOp(p=cfg.solarize_p, threshold=cfg.solarize_threshold))
@@ -249,7 +254,7 @@ def classic_view(x: Tensor, cfg: PipelineConfig, generator: torch.Generator | No
             x = random_horizontal_flip(x, cfg.flip.p, generator)
         elif name == "jitter":
             j = cfg.jitter
-            x = color_jitter(x, j.brightness, j.contrast, j.saturation, j.hue, j.p, generator)
+            x = JITTER_FUNCTIONS[j.kind](x, j.brightness, j.contrast, j.saturation, j.hue, j.p, generator)
         elif name == "grayscale":
             x = random_grayscale(x, cfg.grayscale.p, generator)
         elif name == "blur":

@@ -72,13 +72,31 @@ def test_only_and_without_switch_families():
 
 # ---------------------------------------------------------------- classic views
 
-@pytest.mark.parametrize("cfg", [SimCLRViewConfig(), SimCLRViewConfig(solarize_p=0.4, blur_p=1.0, crop_scale=(0.3, 1))])
+@pytest.mark.parametrize("cfg", [SimCLRViewConfig(), SimCLRViewConfig(solarize_p=0.4, blur_p=1.0, crop_scale=(0.3, 1)),
+                                 SimCLRViewConfig(jitter="hsv", blur_p=0.0)])
 def test_pipeline_equals_simclr_view_under_the_same_seed(cfg):
     x = u8(16).float() / 255
     expected = views.simclr_view(x, cfg, gen(3))
     assert torch.equal(classic_view(x, PipelineConfig.from_simclr(cfg), gen(3)), expected)
     if cfg == SimCLRViewConfig():
         assert torch.equal(classic_view(x, PipelineConfig(), gen(3)), expected)
+
+
+def test_the_jitter_kind_is_carried_and_runs_its_own_function():
+    assert PipelineConfig.from_simclr(SimCLRViewConfig(jitter="hsv")).jitter.kind == "hsv"
+    assert PipelineConfig.from_simclr(SimCLRViewConfig()).jitter.kind == "torchvision" == vs.JitterOp().kind
+    x = u8(16).float() / 255
+    op = dict(p=1.0, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+    hsv = PipelineConfig(jitter=vs.JitterOp(kind="hsv", **op)).only("jitter")
+    expected = views.hsv_color_jitter(x, 0.4, 0.4, 0.4, 0.1, 1.0, gen(6))
+    assert torch.equal(classic_view(x, hsv, gen(6)), expected)
+    torchvision = classic_view(x, PipelineConfig(jitter=vs.JitterOp(**op)).only("jitter"), gen(6))
+    assert torch.equal(torchvision, views.color_jitter(x, 0.4, 0.4, 0.4, 0.1, 1.0, gen(6)))
+    assert not torch.equal(torchvision, expected)  # the kind is not ignored
+    with pytest.raises(ValueError, match="jitter.kind must be one of"):
+        vs.JitterOp(kind="pil")
+    cfg = build(PipelineConfig, {"jitter": {"kind": "hsv", "p": 0.5}})  # from a params file
+    assert cfg.jitter.kind == "hsv" and cfg.jitter.p == 0.5
 
 
 def test_classic_views_wrapping_simclr_views_gives_its_output():

@@ -1,6 +1,7 @@
 """shared.views: statistics, torchvision equivalence, independence, determinism, DiffAugment references."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -273,6 +274,46 @@ def test_diff_translation_is_a_zero_filled_shift():
         assert torch.equal(out[i], pad[i, :, r:r + size, c:c + size])  # out(i, j) = x(i + dy, j + dx)
         zeros = (out[i, 0] == 0).sum().item()
         assert zeros == size * size - (size - abs(int(dy[i]))) * (size - abs(int(dx[i])))
+
+
+def test_translation_reflect_fill_is_numpy_symmetric_padding():
+    b, height, width = 64, 8, 12  # non-square: the row and column shifts use their own sides
+    x = rand_images(b, 3, 12)[:, :, :height]
+    out = views.rand_translation(x, 0.5, gen(3), fill="reflect")
+    g, sy, sx = gen(3), 4, 6  # s = round(0.5 * side): shifts up to half the side, both ways
+    dy = torch.randint(-sy, sy + 1, (b,), generator=g)
+    dx = torch.randint(-sx, sx + 1, (b,), generator=g)
+    assert dy.abs().max() == sy and dx.abs().max() == sx
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (sy, sy), (sx, sx)), mode="symmetric")  # the edge repeated
+    for i in range(b):
+        r, c = sy + int(dy[i]), sx + int(dx[i])
+        np.testing.assert_array_equal(out[i].numpy(), padded[i, :, r:r + height, c:c + width])
+    # the same shifts as the zero fill, which differs only outside the image
+    zero = views.rand_translation(x, 0.5, gen(3))
+    for i in range(b):
+        rows = slice(max(-int(dy[i]), 0), height - max(int(dy[i]), 0))
+        cols = slice(max(-int(dx[i]), 0), width - max(int(dx[i]), 0))
+        assert torch.equal(out[i, :, rows, cols], zero[i, :, rows, cols])
+    # a full-side shift still reads the mirrored image; a longer one, or an unknown fill, fails loudly
+    full = views.rand_translation(x[:, :, :, :height], 1.0, gen(4), fill="reflect")
+    assert full.shape == (b, 3, height, height)
+    with pytest.raises(ValueError, match="fill 'reflect'"):
+        views.rand_translation(x, 1.5, fill="reflect")
+    with pytest.raises(ValueError, match="fill must be"):
+        views.rand_translation(x, fill="wrap")
+
+
+def test_translation_reflect_of_a_known_row():
+    x = torch.arange(1.0, 9.0).view(1, 1, 1, 8).expand(16, 1, 8, 8).contiguous()  # every row 1..8
+    out = views.rand_translation(x, 0.25, gen(0), fill="reflect")
+    g = gen(0)
+    torch.randint(-2, 3, (16, 1), generator=g)  # dy is drawn first
+    dx = torch.randint(-2, 3, (16, 1), generator=g).squeeze(1)
+    rows = {-2: [2, 1, 1, 2, 3, 4, 5, 6], -1: [1, 1, 2, 3, 4, 5, 6, 7], 0: list(range(1, 9)),
+            1: [2, 3, 4, 5, 6, 7, 8, 8], 2: [3, 4, 5, 6, 7, 8, 8, 7]}
+    assert set(dx.tolist()) == set(rows)
+    for i in range(16):
+        assert out[i, 0, 0].tolist() == rows[int(dx[i])]  # rows are all alike: dy moves nothing
 
 
 def test_diff_cutout_zeroes_one_square():
