@@ -22,12 +22,10 @@ does not run.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from papers.augmentation_generator.config import ENCODERS, PARAMS, EvaluateConfig, RunsConfig
 from papers.augmentation_generator.data import load_splits
@@ -36,8 +34,7 @@ from shared import config
 from shared.cli import run_stage, stage_parser
 from shared.data import sha256_file
 from shared.stage import start
-from shared.trainers.common import NonFiniteLossError
-from shared.trainers.linear_eval import LinearEvalConfig, extract_features, knn_accuracy
+from shared.trainers.linear_eval import accuracy, extract_features, fit_linear, knn_accuracy
 
 TABLES = {"d_to_c": "table1_d_to_c", "d_to_d": "table1_d_to_d"}  # test set -> reported table
 
@@ -47,54 +44,6 @@ def row_id(encoder_run: str) -> str:
     if encoder_run not in ENCODERS:
         raise ValueError(f"unknown encoder run {encoder_run!r}; allowed: {', '.join(ENCODERS)}")
     return f"mocov2_{encoder_run}"
-
-
-def fit_linear(train_x: Tensor, train_y: Tensor, cfg: LinearEvalConfig,
-               num_classes: int) -> tuple[nn.Linear, list[dict[str, float]]]:
-    """A linear head on fixed features, ``shared.trainers.linear_eval.train_linear``'s protocol step for step.
-
-    The same seeding (init under ``cfg.seed``, order from a CPU generator seeded with it), optimiser,
-    milestones and loop, so the head is the one ``train_linear`` fits (a test checks the accuracies are
-    equal); returned here so that one head scores several test sets, with its curve: per epoch the mean
-    loss and the accuracy (%) of the training batches before their step. A non-finite loss stops with
-    the epoch (the lr is then too large for these features).
-    """
-    device = train_x.device
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    with torch.random.fork_rng(devices=[]):  # the head's init must not consume the caller's RNG
-        torch.manual_seed(cfg.seed)
-        head = nn.Linear(train_x.shape[1], num_classes).to(device)
-    if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
-    curve = []
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(len(train_x), generator=gen).to(device)
-        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            logits = head(train_x[idx])
-            loss = F.cross_entropy(logits, train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == train_y[idx]).sum()
-        sched.step()
-        mean_loss = loss_sum.item() / len(order)
-        if not math.isfinite(mean_loss):
-            raise NonFiniteLossError(f"the linear head's loss is {mean_loss} in epoch {epoch + 1}: lr "
-                                     f"{cfg.lr} diverges on these features; lower evaluate.linear.lr")
-        curve.append({"epoch": epoch + 1, "loss": mean_loss, "train_acc": correct.item() / len(order) * 100})
-    return head, curve
-
-
-@torch.no_grad()
-def accuracy(head: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Top-1 accuracy (%) of ``head`` on features ``x``."""
-    return (head(x).argmax(1) == y).float().mean().item() * 100
 
 
 def evaluate_features(train: tuple[Tensor, Tensor], tests: dict[str, tuple[Tensor, Tensor]], cfg: EvaluateConfig,

@@ -53,6 +53,7 @@ from shared.provenance import git_commit, provenance
 BACKENDS = ("mlflow", "none")
 # MLflow's limits (mlflow.utils.validation): key length, param value length, params per batch.
 MAX_KEY_LEN, MAX_PARAM_VAL_LEN, MAX_PARAMS_PER_BATCH, MAX_METRICS_PER_BATCH = 250, 6000, 100, 1000
+PARAM_KEY = re.compile(r"[\w\-. :/]+")  # the characters MLflow accepts in a param key
 # resume=SAME_TAGS: reopen the newest run with this run name and these tags (not one made by rebuild)
 SAME_TAGS = "same-tags"
 
@@ -71,6 +72,9 @@ def flatten_params(params: Mapping | Any, prefix: str = "") -> dict[str, str]:
             continue
         if len(name) > MAX_KEY_LEN:
             raise ValueError(f"param key longer than MLflow's {MAX_KEY_LEN} characters: {name!r}")
+        if not PARAM_KEY.fullmatch(name):  # MLflow refuses the run's params otherwise, after the stage started
+            raise ValueError(f"param key {name!r} has characters MLflow refuses: use letters, digits, "
+                             f"_ - . / : and spaces")
         text = str(value)
         if len(text) > MAX_PARAM_VAL_LEN:  # MLflow would reject or cut it; cut it visibly
             text = text[: MAX_PARAM_VAL_LEN - 3] + "..."

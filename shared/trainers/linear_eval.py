@@ -8,6 +8,7 @@ pass of the encoder.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.device import autocast, prepare_batch
+from shared.trainers.common import NonFiniteLossError
 
 
 @dataclasses.dataclass
@@ -53,13 +55,16 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, device: torch.dev
     return torch.cat(out)
 
 
-def train_linear(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 cfg: LinearEvalConfig, num_classes: int | None = None) -> dict[str, float]:
-    """Fit a linear classifier on fixed features; top-1 accuracies (%) on train and the full test set."""
-    assert train_x.dim() == 2 and train_x.shape[1] == test_x.shape[1], (train_x.shape, test_x.shape)
-    assert len(train_x) == len(train_y) and len(test_x) == len(test_y)
+def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, cfg: LinearEvalConfig,
+               num_classes: int) -> tuple[nn.Linear, list[dict[str, float]]]:
+    """A linear head fitted on fixed features, and its curve: per epoch the mean loss and the accuracy (%)
+    of the training batches before their step.
+
+    The head's init is drawn under ``cfg.seed`` without touching the caller's RNG; the batch order comes
+    from a CPU generator seeded with it. A non-finite loss stops with the epoch that made it (the lr is
+    then too large for these features): :class:`NonFiniteLossError` names ``linear.lr``.
+    """
     device = train_x.device
-    num_classes = num_classes or int(torch.cat([train_y, test_y]).max()) + 1
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):  # the head's init must not consume the caller's RNG
         torch.manual_seed(cfg.seed)
@@ -69,19 +74,42 @@ def train_linear(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     else:
         opt = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
-    for _ in range(cfg.epochs):
+    curve = []
+    for epoch in range(cfg.epochs):
         order = torch.randperm(len(train_x), generator=gen).to(device)
+        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
+            logits = head(train_x[idx])
+            loss = F.cross_entropy(logits, train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == train_y[idx]).sum()
         sched.step()
-    with torch.no_grad():
-        train_acc = (head(train_x).argmax(1) == train_y).float().mean().item() * 100
-        test_acc = (head(test_x).argmax(1) == test_y).float().mean().item() * 100
-    return {"linear_train_acc": train_acc, "linear_test_acc": test_acc}
+        mean_loss = loss_sum.item() / len(order)
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"the linear head's loss is {mean_loss} in epoch {epoch + 1}: lr {cfg.lr} "
+                                     f"diverges on these features; lower linear.lr")
+        curve.append({"epoch": epoch + 1, "loss": mean_loss, "train_acc": correct.item() / len(order) * 100})
+    return head, curve
+
+
+@torch.no_grad()
+def accuracy(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy (%) of ``head`` on features ``x``."""
+    return (head(x).argmax(1) == y).float().mean().item() * 100
+
+
+def train_linear(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 cfg: LinearEvalConfig, num_classes: int | None = None) -> dict[str, float]:
+    """Fit a linear classifier on fixed features; top-1 accuracies (%) on train and the full test set."""
+    assert train_x.dim() == 2 and train_x.shape[1] == test_x.shape[1], (train_x.shape, test_x.shape)
+    assert len(train_x) == len(train_y) and len(test_x) == len(test_y)
+    num_classes = num_classes or int(torch.cat([train_y, test_y]).max()) + 1
+    head, _ = fit_linear(train_x, train_y, cfg, num_classes)
+    return {"linear_train_acc": accuracy(head, train_x, train_y), "linear_test_acc": accuracy(head, test_x, test_y)}
 
 
 def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,

@@ -170,3 +170,22 @@ def test_saved_views_show_the_result_runs_numbers_as_columns(uri):
                if e == "exp_views" and name == "Claims"]
     assert link == (f"http://127.0.0.1:5000/#/experiments/{log.experiment_id}/runs?viewStateShareKey=claims"
                     "&workflowType=machine_learning")
+
+
+@pytest.mark.parametrize("key", ["fid.final, of the best G_ema", "a(b)", "lr=0.1", "x;y", "during training",
+                                 "train.lr", "scales/mini:gan-x_1"])
+def test_param_keys_are_checked_as_mlflow_checks_them(key):
+    # MLflow's own validator is the reference: a key it refuses fails in flatten_params, before any run starts
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_param_name
+
+    try:
+        _validate_param_name(key)
+        accepted = True
+    except MlflowException:
+        accepted = False
+    if accepted:
+        assert tracking.flatten_params({key: 1}) == {key: "1"}
+    else:
+        with pytest.raises(ValueError, match="characters MLflow refuses"):
+            tracking.flatten_params({"section": {key: 1}})

@@ -244,7 +244,7 @@ def test_a_linearly_separable_feature_set_is_classified_almost_perfectly_and_the
 def test_a_diverging_head_stops_naming_the_key():
     x, y = torch.randn(40, 4) * 1e20, torch.arange(40) % 3
     cfg = LinearEvalConfig(epochs=3, batch_size=8, optimizer="sgd", lr=1e30)
-    with pytest.raises(NonFiniteLossError, match="evaluate.linear.lr"):
+    with pytest.raises(NonFiniteLossError, match="linear.lr"):
         fit_linear(x, y, cfg, 3)
 
 
