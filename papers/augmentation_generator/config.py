@@ -32,6 +32,10 @@ class RunsConfig:
         if self.n_seeds < 1:
             raise ValueError(f"runs.n_seeds must be >= 1, got {self.n_seeds}")
 
+    def not_run(self, seed: int, scale: str) -> str | None:
+        """Why ``seed`` is not run at ``scale`` (the stage then writes a skip marker), or None."""
+        return None if seed < self.n_seeds else f"seed {seed} is not run at scale {scale} (runs.n_seeds={self.n_seeds})"
+
 
 @dataclasses.dataclass
 class DotsConfig:

@@ -63,10 +63,8 @@ def evaluate_features(train: tuple[Tensor, Tensor], tests: dict[str, tuple[Tenso
 def run(args: argparse.Namespace) -> dict | None:
     stage = start("augmentation_generator", "evaluate", suite_params=args.suite_params, out=args.out,
                   trial=args.seed, metrics=args.metrics)
-    runs = stage.section(RunsConfig, args.params, "runs")
     row = row_id(args.encoder_run)
-    if args.seed >= runs.n_seeds:
-        reason = f"seed {args.seed} is not run at scale {stage.scale} (runs.n_seeds={runs.n_seeds})"
+    if reason := stage.section(RunsConfig, args.params, "runs").not_run(args.seed, stage.scale):
         for table in TABLES.values():
             stage.skip(reason, f"{table}.json")
         return None

@@ -263,9 +263,8 @@ def write_grids(out: Path, G_A: nn.Module, G_EL: nn.Module, splits, cfg: GameCon
 def run(args: argparse.Namespace) -> dict | None:
     stage = start("augmentation_generator", "game", suite_params=args.suite_params, out=args.out, trial=args.seed,
                   metrics=args.metrics, plots=args.plots)
-    runs = stage.section(RunsConfig, args.params, "runs")
-    if args.seed >= runs.n_seeds:
-        return stage.skip(f"seed {args.seed} is not run at scale {stage.scale} (runs.n_seeds={runs.n_seeds})")
+    if reason := stage.section(RunsConfig, args.params, "runs").not_run(args.seed, stage.scale):
+        return stage.skip(reason)
     cfg = stage.section(GameConfig, args.params, "game")
     device = stage.device
 

@@ -210,9 +210,8 @@ def build_method(cfg: RetrainConfig, encoder_file: dict, path: Path, device: tor
 def run(args: argparse.Namespace) -> dict | None:
     stage = start("augmentation_generator", "retrain", suite_params=args.suite_params, out=args.out,
                   trial=args.seed, metrics=args.metrics, plots=args.plots)
-    runs = stage.section(RunsConfig, args.params, "runs")
-    if args.seed >= runs.n_seeds:
-        return stage.skip(f"seed {args.seed} is not run at scale {stage.scale} (runs.n_seeds={runs.n_seeds})")
+    if reason := stage.section(RunsConfig, args.params, "runs").not_run(args.seed, stage.scale):
+        return stage.skip(reason)
     cfg = stage.section(RetrainConfig, args.params, "retrain")
     device, variant = stage.device, args.variant
 
