@@ -13,6 +13,9 @@ stds alone. Each claim type has its own test:
   least-squares slope over every seed's (x, value) point (``scipy.stats.linregress``, one-sided).
   Chosen over Jonckheere-Terpstra because it gives an effect size with a confidence interval (the
   slope, per unit of x); it tests a linear trend.
+- "A stays within ±margin of B" (:func:`within`): an equivalence test, Schuirmann's TOST with two
+  one-sided Welch t-tests against -margin and +margin; it does not hold when a one-sided Welch test
+  puts the difference beyond the margin (Bonferroni over the two directions).
 
 The verdict, at ALPHA = 0.05: HOLDS if the claimed direction is significant, FAILS ("does not hold")
 if the opposite direction is, else INCONCLUSIVE; also INCONCLUSIVE, with the reason naming the
@@ -271,6 +274,58 @@ def increases(values: Values, x: Mapping[str, float], increasing: bool = True, x
     reason = {HOLDS: f"{direction}: {effect}, p = {_p(p)} < {ALPHA}",
               FAILS: f"{opposite}: {effect}, opposite p = {_p(q)} < {ALPHA}",
               INCONCLUSIVE: f"{effect}, p = {_p(p)} (opposite {_p(q)}), neither below {ALPHA}"}[verdict]
+    return {**out, "verdict": verdict, "reason": reason}
+
+
+def within(values: Values, target: str, other: str, margin: float) -> dict:
+    """"`target` stays within ±`margin` of `other`" (equivalence): Schuirmann's TOST with Welch t-tests.
+
+    With d = mean(target) - mean(other), the claim holds when both one-sided Welch tests reject, of
+    H0 d <= -margin (``p_lower``, alternative d > -margin) and of H0 d >= +margin (``p_upper``,
+    alternative d < +margin); ``p`` is the larger of the two (an intersection-union test: no
+    correction). It does not hold when a one-sided Welch test puts d beyond the margin, above
+    (``p_above``, alternative d > +margin) or below (``p_below``, alternative d < -margin);
+    ``p_opposite`` = min(1, 2 min(p_above, p_below)), Bonferroni over the two directions. Every test
+    has the Welch-Satterthwaite ``df`` of the unshifted samples. ``ci90`` is the two-sided
+    (1 - 2 alpha) Welch interval of d: TOST holds exactly when it lies inside (-margin, +margin).
+    """
+    if not margin > 0:
+        raise ValueError(f"within: the margin must be > 0, got {margin!r}")
+    vals = _clean({target: values.get(target), other: values.get(other)})
+    test = "TOST: two one-sided Welch t-tests against -margin and +margin"
+    rule = (f"TOST of mean({target}) - mean({other}) against ±{margin:g} (two one-sided Welch t-tests); holds if "
+            f"both p < {ALPHA} (p = the larger), does not hold if a one-sided Welch t-test puts the difference "
+            f"beyond +{margin:g} or below -{margin:g} with p < {ALPHA} (Bonferroni over the two directions), else "
+            f"inconclusive; needs >= {MIN_SEEDS} seeds in each setup")
+    out = {**_base(test, f"within ±{margin:g}", vals, rule),
+           "vs": other, "margin": float(margin), "estimate": f"mean({target}) - mean({other})", "difference": None,
+           "ci95": None, "ci90": None, "df": None, "p": None, "p_opposite": None, "p_lower": None, "p_upper": None,
+           "p_above": None, "p_below": None}
+    if why := _untestable(vals, (target, other)):
+        return {**out, "verdict": INCONCLUSIVE, "reason": why}
+    w = welch(vals[target], vals[other])
+    d = w["difference"]
+    out.update(difference=d, ci95=w["ci95"], df=w["df"])
+    if w["df"] is None:
+        return {**out, "verdict": INCONCLUSIVE,
+                "reason": f"no spread across seeds in either setup: the t statistic is undefined "
+                          f"(difference {_num(d)})"}
+    se, df = w["se"], w["df"]
+    t_lower, t_upper = (d + margin) / se, (d - margin) / se
+    p_lower, p_upper = float(stats.t.sf(t_lower, df)), float(stats.t.cdf(t_upper, df))
+    p_above, p_below = float(stats.t.sf(t_upper, df)), float(stats.t.cdf(t_lower, df))
+    p, q = max(p_lower, p_upper), min(1.0, 2 * min(p_above, p_below))
+    half = float(stats.t.ppf(1 - ALPHA, df)) * se
+    out.update(ci90=[d - half, d + half], p=p, p_opposite=q, p_lower=p_lower, p_upper=p_upper, p_above=p_above,
+               p_below=p_below)
+    verdict = _verdict(p, q)
+    ci = f"{1 - 2 * ALPHA:.0%} CI {_num(d - half)} to {_num(d + half)}"
+    side = "above +" if p_above <= p_below else "below -"
+    reason = {HOLDS: f"within ±{margin:g}: difference {_num(d)} ({ci}), TOST p = {_p(p)} < {ALPHA}",
+              FAILS: f"{side}{margin:g}: difference {_num(d)} ({ci}), p = {_p(q)} < {ALPHA} (Bonferroni over the "
+                     f"two directions)",
+              INCONCLUSIVE: f"difference {_num(d)} ({ci}), TOST p = {_p(p)}, beyond-margin p = {_p(q)}, neither "
+                            f"below {ALPHA}"}[verdict]
     return {**out, "verdict": verdict, "reason": reason}
 
 

@@ -193,6 +193,26 @@ def save_resolved(cfg: Any, path: str | os.PathLike) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+# --------------------------------------------------------------------------- seeds of a paper's runs
+
+@dataclasses.dataclass
+class RunsConfig:
+    """``runs`` of a paper's params.yaml: how many seeds (trials 0 .. n_seeds - 1) every run gets at a scale.
+
+    A DVC matrix lists the paper's seeds at every scale; a stage whose seed the scale does not run writes a
+    skip marker with :meth:`not_run`'s reason.
+    """
+    n_seeds: int = 3  # every run a claim depends on, at every scale but smoke
+
+    def __post_init__(self):
+        if self.n_seeds < 1:
+            raise ValueError(f"runs.n_seeds must be >= 1, got {self.n_seeds}")
+
+    def not_run(self, seed: int, scale: str) -> str | None:
+        """Why ``seed`` is not run at ``scale`` (the stage then writes a skip marker), or None."""
+        return None if seed < self.n_seeds else f"seed {seed} is not run at scale {scale} (runs.n_seeds={self.n_seeds})"
+
+
 # --------------------------------------------------------------------------- suite
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Mapping
 
 
 def _temp_prefix(final: Path) -> str:
@@ -83,3 +83,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_many(writers: Mapping[str | os.PathLike, Callable[[BinaryIO], None]]) -> None:
+    """Write several files that belong together: every one staged as a temp file first, then moved into
+    place in the mapping's order (put the file readers look for last).
+
+    A failure while staging leaves every final path as it was (the temps are removed); only a failing
+    ``os.replace`` itself, after the first, can leave the set part old, part new.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for final, write in writers.items():
+            staged.append((write_temp(final, write), Path(final)))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in staged:
+        replace_temp(tmp, final)

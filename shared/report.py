@@ -319,7 +319,8 @@ def run_report(parser: argparse.ArgumentParser, make: Callable[[argparse.Namespa
         if args.log:
             report.log(args.tracking_uri)
         for c in report.comparisons.values():
-            print(c.md_path.read_text() if c.md_path is not None else c.table, end="")
+            text = c.md_path.read_text() if c.md_path is not None else c.table
+            print(text.rstrip("\n") + "\n")  # a blank line after each table: the next heading starts a new block
         for c in report.claims:
             print(f"claim ({c['id']}) {c['claim']}: {c['verdict']} ({c['reason']})")
         for table, run_id in report.run_ids.items():

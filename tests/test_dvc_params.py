@@ -25,6 +25,9 @@ import pytest
 import yaml
 
 from papers.augmentation_generator import config as augmentation_generator
+from papers.generative_prior import config as generative_prior
+from papers.generative_prior.ebm import EBMConfig, LangevinConfig
+from papers.generative_prior.pretrain import PretrainConfig as GPPretrainConfig
 from papers.contrad.config import EvaluateConfig, TrainStageConfig
 from papers.gan_simclr.config import GANStageConfig, GenerateConfig, PretrainConfig
 from shared.config import REPO_ROOT, SCALES, DataConfig
@@ -35,8 +38,10 @@ SUITE = "params.yaml"
 GAN_SIMCLR = "papers/gan_simclr/params.yaml"
 CONTRAD = "papers/contrad/params.yaml"
 AUGGEN = "papers/augmentation_generator/params.yaml"
-DVC_FILES = ["dvc.yaml", "papers/gan_simclr/dvc.yaml", "papers/contrad/dvc.yaml", "papers/augmentation_generator/dvc.yaml"]
-PARAMS_FILES = [SUITE, GAN_SIMCLR, CONTRAD, AUGGEN]
+GP = "papers/generative_prior/params.yaml"
+DVC_FILES = ["dvc.yaml", "papers/gan_simclr/dvc.yaml", "papers/contrad/dvc.yaml", "papers/augmentation_generator/dvc.yaml",
+             "papers/generative_prior/dvc.yaml"]
+PARAMS_FILES = [SUITE, GAN_SIMCLR, CONTRAD, AUGGEN, GP]
 SEEDED = ("scale", "seed", "device", "threads")  # a stage whose RNG (loader order, init) is seeded by `seed`
 UNSEEDED = ("scale", "device", "threads")
 
@@ -106,10 +111,23 @@ READS = {
         Section(AUGGEN, "runs", augmentation_generator.RunsConfig),
         Section(AUGGEN, "evaluate", augmentation_generator.EvaluateConfig)]),
     "papers/augmentation_generator/dvc.yaml:report": ((), []),
+    # generative_prior: prepare draws nothing from the suite seed (data.subset_seed); the Langevin views' noise is a
+    # function of (suite seed, row, step); the pre-training stage also reads `langevin` (a run's chain must run)
+    "papers/generative_prior/dvc.yaml:prepare": (UNSEEDED, [Section(GP, "data", generative_prior.DataConfig)]),
+    "papers/generative_prior/dvc.yaml:train_ebm": (SEEDED, [Section(GP, "ebm", EBMConfig)]),
+    "papers/generative_prior/dvc.yaml:langevin": (SEEDED, [
+        Section(GP, "langevin", LangevinConfig, keyed=(("chains", r"--chain (\w+)"),))]),
+    "papers/generative_prior/dvc.yaml:train_gan": (SEEDED, [Section(GP, "gan", generative_prior.GANStageConfig)]),
+    "papers/generative_prior/dvc.yaml:pretrain": (SEEDED, [
+        Section(GP, "runs", generative_prior.RunsConfig),
+        Section(GP, "pretrain", GPPretrainConfig, keyed=(("runs", r"--run (\w+)"),)),
+        Section(GP, "langevin", LangevinConfig, only=("chains", "run_chains"))]),
+    "papers/generative_prior/dvc.yaml:report": ((), []),
     # the alias stages (`dvc repro papers/<paper>`) read no params: only the results folder at ${scale}
     "papers/gan_simclr": ((), []),
     "papers/contrad": ((), []),
     "papers/augmentation_generator": ((), []),
+    "papers/generative_prior": ((), []),
 }
 
 

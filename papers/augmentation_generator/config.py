@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from shared.config import RunsConfig  # noqa: F401 - the seeds of every stage (section `runs`)
 from shared.trainers.adversarial import AdversarialConfig
 from shared.trainers.linear_eval import LinearEvalConfig
 from shared.trainers.ssl import SSLConfig
@@ -22,19 +23,6 @@ PARAMS = Path(__file__).with_name("params.yaml")
 VARIANTS = ("xp", "xp_ga", "xp_xf")
 # Encoders the linear evaluation scores: the pre-trained F (an extra row, "no re-training") and the three variants.
 ENCODERS = ("pretrained",) + VARIANTS
-
-
-@dataclasses.dataclass
-class RunsConfig:
-    n_seeds: int = 3  # every run a claim depends on, at every scale but smoke
-
-    def __post_init__(self):
-        if self.n_seeds < 1:
-            raise ValueError(f"runs.n_seeds must be >= 1, got {self.n_seeds}")
-
-    def not_run(self, seed: int, scale: str) -> str | None:
-        """Why ``seed`` is not run at ``scale`` (the stage then writes a skip marker), or None."""
-        return None if seed < self.n_seeds else f"seed {seed} is not run at scale {scale} (runs.n_seeds={self.n_seeds})"
 
 
 @dataclasses.dataclass

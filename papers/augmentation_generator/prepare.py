@@ -32,7 +32,7 @@ from papers.augmentation_generator import data as ag_data
 from papers.augmentation_generator.config import PARAMS, DataConfig
 from shared import config, data
 from shared.cli import run_stage, stage_parser
-from shared.io import replace_temp, write_temp
+from shared.io import atomic_write_many
 from shared.stage import start
 from shared.trainers.gan import image_grid, png_bytes
 
@@ -101,16 +101,7 @@ def write_outputs(out: Path, splits: ag_data.Splits, meta: dict, grid: bytes) ->
     text = (json.dumps(meta, indent=2) + "\n").encode()
     writers = {ag_data.SPLITS_FILE: lambda f: ag_data.save_splits(splits, f),
                "meta.json": lambda f: f.write(text), "dots_grid.png": lambda f: f.write(grid)}
-    staged = []
-    try:
-        for name, write in writers.items():
-            staged.append((write_temp(out / name, write), out / name))
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, final in staged:
-        replace_temp(tmp, final)
+    atomic_write_many({out / name: write for name, write in writers.items()})
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -36,21 +36,11 @@ from shared.cli import run_stage, stage_parser
 from shared.device import to_device
 from shared.io import atomic_write
 from shared.metrics import FID_RECORD_KEYS
+from shared.models.sngan import DiscriminatorFeatures
 from shared.stage import start
 from shared.trainers.linear_eval import extract_features, train_linear
 
 RUN_SETTINGS = ("latent_prior", "jitter")  # copied from the train record into every record of the run
-
-
-class DiscriminatorFeatures(nn.Module):
-    """D's penultimate features of images in [0, 1] (what `extract_features` feeds), D seeing [-1, 1]."""
-
-    def __init__(self, D: nn.Module):
-        super().__init__()
-        self.D = D
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.D.features(x * 2 - 1)
 
 
 def row_id(architecture: str, method: str) -> str:

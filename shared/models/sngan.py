@@ -39,7 +39,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 LRELU_SLOPE = 0.1  # ContraD / Mimicry / Miyato et al. SNDCGAN
 
-__all__ = ["SNDCGANGenerator", "SNDCGANDiscriminator", "SNResNetDiscriminator", "sngan"]
+__all__ = ["SNDCGANGenerator", "SNDCGANDiscriminator", "SNResNetDiscriminator", "DiscriminatorFeatures", "sngan"]
 
 
 def _channels(base: int, width: float) -> int:
@@ -192,6 +192,18 @@ class SNResNetDiscriminator(nn.Module):
         if self.linear is None:
             raise RuntimeError("this discriminator was built with linear_head=False; use features(x) and your own head")
         return self.linear(self.features(x)).squeeze(1)
+
+
+class DiscriminatorFeatures(nn.Module):
+    """A discriminator's penultimate features ``D.features`` of images in [0, 1] (what
+    ``shared.trainers.linear_eval.extract_features`` feeds), D seeing its own [-1, 1] range."""
+
+    def __init__(self, D: nn.Module):
+        super().__init__()
+        self.D = D
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.D.features(x * 2 - 1)
 
 
 def sngan(discriminator: Literal["sndcgan", "snresnet18"] = "sndcgan", width: float = 1.0, z_dim: int = 128,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from shared.io import write_temp
+from shared.io import atomic_write_many
 from shared.view_sources.protocol import check_index
 
 
@@ -125,17 +125,9 @@ def write_precomputed(path: str | os.PathLike, generated: Tensor | np.ndarray, s
               "probe_sha256": _probe_hash(generated), "meta": dict(meta or {})}
     meta_bytes = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()  # fails before any file is made
 
-    temps: list[tuple[Path, Path]] = []
-    try:
-        temps.append((write_temp(fp_path, lambda f: np.save(f, fingerprints)), fp_path))
-        temps.append((write_temp(meta_path, lambda f: f.write(meta_bytes)), meta_path))
-        temps.append((write_temp(images_path, lambda f: np.save(f, generated)), images_path))
-    except BaseException:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, final in temps:  # the images last: a reader that finds them finds the matching sidecars
-        os.replace(tmp, final)
+    # the images last: a reader that finds them finds the matching sidecars
+    atomic_write_many({fp_path: lambda f: np.save(f, fingerprints), meta_path: lambda f: f.write(meta_bytes),
+                       images_path: lambda f: np.save(f, generated)})
 
 
 class PrecomputedViews:

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from shared.claims import (ALPHA, FAILS, HOLDS, INCONCLUSIVE, beats, best_of, effect_text, holm, increases,
-                           n_text, seed_stats, welch)
+                           n_text, seed_stats, welch, within)
 
 A = [71.2, 72.5, 70.9, 72.0]
 B = [69.8, 70.4, 71.1]
@@ -251,3 +251,82 @@ def test_effect_and_n_text():
     failed = beats({"t": B, "a": A}, "t", "a")
     assert "opposite direction p = 0.035" in effect_text(failed)
     assert n_text({"a": 3, "b": 3}) == "3 per setup" and n_text({"a": 3, "b": 0}) == "a: 3, b: 0"
+
+
+# ---------------------------------------------------------------- within a margin (TOST)
+
+BYOL = [90.21, 90.05, 90.38]  # a baseline, n = 3
+
+
+def welch_p(a, b, alternative):
+    return stats.ttest_ind(np.asarray(a), np.asarray(b), equal_var=False, alternative=alternative).pvalue
+
+
+@pytest.mark.parametrize("a, margin, verdict", [
+    ([90.30, 90.12, 90.51], 1.1, HOLDS),  # +0.10, tight: both one-sided tests reject
+    ([88.41, 88.65, 88.52], 1.1, FAILS),  # -1.69: below -1.1 significantly
+    ([92.05, 91.71, 91.88], 1.1, FAILS),  # +1.67: above +1.1 significantly
+    ([89.0, 91.5, 90.2], 1.1, INCONCLUSIVE),  # +0.03 but spread 1.25: the 90% CI crosses the margin
+    ([91.18, 91.35, 91.02], 1.1, INCONCLUSIVE),  # +0.97: inside, not significantly; not beyond either
+])
+def test_within_matches_two_one_sided_welch_tests_in_scipy(a, margin, verdict):
+    got = within({"ours": a, "base": BYOL}, "ours", "base", margin)
+    assert got["verdict"] == verdict, got["reason"]
+    a_, b_ = np.asarray(a), np.asarray(BYOL)
+    # TOST: shifting a by the margin turns each bound into scipy's test of a zero difference
+    p_lower = welch_p(a_ + margin, b_, "greater")  # H1: d > -margin
+    p_upper = welch_p(a_ - margin, b_, "less")  # H1: d < +margin
+    p_above = welch_p(a_ - margin, b_, "greater")  # H1: d > +margin
+    p_below = welch_p(a_ + margin, b_, "less")  # H1: d < -margin
+    assert got["p_lower"] == pytest.approx(p_lower) and got["p_upper"] == pytest.approx(p_upper)
+    assert got["p_above"] == pytest.approx(p_above) and got["p_below"] == pytest.approx(p_below)
+    assert got["p"] == pytest.approx(max(p_lower, p_upper))
+    assert got["p_opposite"] == pytest.approx(min(1.0, 2 * min(p_above, p_below)))
+    assert got["difference"] == pytest.approx(a_.mean() - b_.mean())
+    assert got["ci95"] == pytest.approx(welch(a, BYOL)["ci95"]) and got["df"] == pytest.approx(welch(a, BYOL)["df"])
+    ci90 = stats.ttest_ind(a_, b_, equal_var=False).confidence_interval(1 - 2 * ALPHA)
+    assert got["ci90"] == pytest.approx([ci90.low, ci90.high])
+    # the textbook equivalent of TOST: the (1 - 2 alpha) interval inside the margins
+    assert (verdict == HOLDS) == (-margin < ci90.low and ci90.high < margin)
+    assert got["margin"] == margin and got["vs"] == "base" and got["n"] == {"ours": 3, "base": 3}
+    assert got["direction"] == "within ±1.1" and got["estimate"] == "mean(ours) - mean(base)"
+    assert "\n" not in got["reason"] and got["test"].startswith("TOST")
+
+
+def test_within_worked_by_hand():
+    # means 90.31 and 90.2133, d = +0.0967; variances of the means 0.03810 / 3 and 0.02723 / 3,
+    # se = sqrt(0.012700 + 0.009078) = 0.14757; Welch df = 0.021778^2 / (0.012700^2 / 2 + 0.009078^2 / 2) = 3.892
+    a = [90.30, 90.12, 90.51]
+    got = within({"a": a, "b": BYOL}, "a", "b", 1.1)
+    assert got["difference"] == pytest.approx(0.09667, abs=1e-4) and got["df"] == pytest.approx(3.892, abs=2e-3)
+    se = 0.14757
+    assert got["p_lower"] == pytest.approx(stats.t.sf((0.09667 + 1.1) / se, 3.892), rel=2e-3)
+    assert got["p_upper"] == pytest.approx(stats.t.cdf((0.09667 - 1.1) / se, 3.892), rel=2e-3)
+    assert got["p"] == got["p_upper"] and got["p"] < 0.01  # the nearer bound decides
+
+
+def test_within_holds_exactly_when_the_90_percent_interval_is_inside():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        a = (90 + rng.normal(rng.uniform(-2, 2), rng.uniform(0.05, 1.0), rng.integers(2, 6))).tolist()
+        b = (90 + rng.normal(0, rng.uniform(0.05, 1.0), rng.integers(2, 6))).tolist()
+        got = within({"a": a, "b": b}, "a", "b", 1.1)
+        lo, hi = got["ci90"]
+        assert (got["verdict"] == HOLDS) == (-1.1 < lo and hi < 1.1)
+        if got["verdict"] == FAILS:  # significantly beyond a margin: the whole one-sided interval is outside it
+            assert got["difference"] > 1.1 or got["difference"] < -1.1
+
+
+@pytest.mark.parametrize("values, why", [
+    ({"a": BYOL, "b": None}, "not run: b"),
+    ({"a": [90.0], "b": BYOL}, "fewer than 2 seeds: a (n=1)"),
+    ({"a": [90.0, 90.0], "b": [90.1, 90.1]}, "no spread"),
+])
+def test_within_is_inconclusive_without_a_test(values, why):
+    got = within(values, "a", "b", 1.1)
+    assert got["verdict"] == INCONCLUSIVE and why in got["reason"] and got["p"] is None and got["ci90"] is None
+
+
+def test_within_needs_a_positive_margin():
+    with pytest.raises(ValueError, match="margin must be > 0"):
+        within({"a": BYOL, "b": BYOL}, "a", "b", 0.0)

@@ -9,7 +9,8 @@ from torch import nn
 
 from shared import records
 from papers.contrad.config import METHODS, TrainStageConfig
-from papers.contrad.evaluate import DiscriminatorFeatures, linear_eval_of_d, table1_cell
+from papers.contrad.evaluate import linear_eval_of_d, table1_cell
+from shared.models.sngan import DiscriminatorFeatures
 from papers.contrad.method import ContraDDiscriminator
 from papers.contrad.report import FID_CLAIM_METHODS, claims, detector_kind
 from papers.contrad.models import build_models

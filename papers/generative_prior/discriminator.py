@@ -1,0 +1,38 @@
+"""The frozen GAN discriminator of idea #2: the file the `train_gan` stage writes, and how it is read back.
+
+Kept apart from the stage (``gan.py``) so the pre-training stage reads D without importing another stage.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shared import checkpoint
+from shared.device import to_device
+from shared.models.sngan import sngan
+
+DISCRIMINATOR_FILE = "discriminator.pt"
+
+
+def load_discriminator(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """The frozen D written by the train_gan stage: eval mode, no parameter requires grad, on ``device``.
+
+    Keep it in eval mode: spectral norm updates its power-iteration vectors in training mode.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `dvc repro papers/generative_prior/dvc.yaml:train_gan` "
+                                f"or `python -m papers.generative_prior.gan --out {path.parent}`")
+    state = checkpoint.load(path, map_location="cpu")
+    try:
+        _, D = sngan(state["discriminator"], width=state["width"], z_dim=state["z_dim"])
+        D.load_state_dict(state["D"])
+    except (KeyError, RuntimeError) as err:
+        raise checkpoint.CheckpointError(f"{path}: not a discriminator written by papers.generative_prior.gan "
+                                         f"({type(err).__name__}: {err})") from err
+    D = to_device(D, device).eval()
+    for p in D.parameters():
+        p.requires_grad_(False)
+    return D
