@@ -28,8 +28,12 @@ Reference statistics (mu, sigma of a real split's pool3 features) are computed o
 through the detector again, and refuses a file made by another detector, resize convention or
 image shape.
 
+A scorer made with ``diversity=True`` also gives ``diversity_<kind>``, the samples' feature spread
+against the reference's (:func:`diversity_ratio`, from the covariance FID computes anyway): a GAN whose
+samples are (nearly) all alike scores near 0 (:func:`is_collapsed`).
+
 Public pieces: :func:`feature_stats`, :func:`frechet_distance`, :func:`inception_score`,
-:func:`load_inception`, :class:`ReferenceStats`, :class:`FIDScorer`, :func:`make_scorer` (Inception
+:func:`diversity_ratio`, :func:`sample_diversity`, :func:`is_collapsed`, :func:`load_inception`, :class:`ReferenceStats`, :class:`FIDScorer`, :func:`make_scorer` (Inception
 when its file exists, else the in-domain extractor), :func:`stats_scorer` and :class:`MetricsConfig`.
 """
 from __future__ import annotations
@@ -59,7 +63,8 @@ from shared.io import atomic_write
 
 __all__ = [
     "INCEPTION_FILE", "INCEPTION_URL", "INCEPTION_LABEL", "RESIZE_CONVENTION", "NO_LOGITS_NOTE", "FID_RECORD_KEYS",
-    "feature_stats", "frechet_distance", "inception_score",
+    "feature_stats", "frechet_distance", "inception_score", "DIVERSITY_LABEL", "diversity_ratio", "sample_diversity",
+    "is_collapsed",
     "InceptionDetector", "InceptionPool3", "load_inception", "ReferenceStats", "StatsMismatchError", "images_sha1",
     "FIDScorer", "make_scorer", "stats_scorer", "gan_scorers", "MetricsConfig",
 ]
@@ -211,6 +216,47 @@ def inception_score(probs, splits: int = 10) -> tuple[float, float]:
         kl = scipy.special.rel_entr(part, marginal).sum(axis=1).mean()  # rel_entr(0, .) = 0
         scores.append(math.exp(kl))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+# ---------------------------------------------------------------- sample diversity (collapse)
+
+DIVERSITY_LABEL = ("sample diversity: trace of the samples' feature covariance / the reference set's (= the ratio "
+                   "of their mean pairwise squared L2 feature distances; about 1 for real images, 0 for identical "
+                   "samples)")
+
+
+def diversity_ratio(sigma, sigma_reference) -> float:
+    """tr(sigma) / tr(sigma_reference): how spread the samples' features are against the reference's.
+
+    With unbiased covariances (:func:`feature_stats`) tr(sigma) is half the mean squared L2 distance
+    between two different samples' features (sum over pairs i != j of ||x_i - x_j||^2 / (N (N - 1))
+    = 2 tr(sigma)), so this is the ratio of the two sets' mean pairwise squared distances: 1 for a
+    second sample of the reference distribution, near 0 when the samples are (nearly) all the same
+    image. It sees how many different outputs there are, not whether they look real (FID's job).
+    """
+    traces = []
+    for name, s in (("sigma", sigma), ("sigma_reference", sigma_reference)):
+        s = np.atleast_2d(_as_float64(s))
+        if s.ndim != 2 or s.shape[0] != s.shape[1] or not np.isfinite(s).all():
+            raise ValueError(f"{name} must be a finite (D, D) covariance, got shape {s.shape}")
+        traces.append(float(np.trace(s)))
+    if traces[0] < 0 or traces[1] <= 0:
+        raise ValueError(f"diversity needs tr(sigma) >= 0 and tr(sigma_reference) > 0, got {traces}")
+    return traces[0] / traces[1]
+
+
+def sample_diversity(sample_features, reference_features) -> float:
+    """:func:`diversity_ratio` of two feature sets (N, D) and (M, D), each N, M >= 2."""
+    return diversity_ratio(feature_stats(sample_features)[1], feature_stats(reference_features)[1])
+
+
+def is_collapsed(diversity: float, threshold: float) -> bool:
+    """Whether samples of ``diversity`` (:func:`diversity_ratio`) count as collapsed: below ``threshold``."""
+    if not 0 <= threshold < 1:
+        raise ValueError(f"the collapse threshold must be in [0, 1), got {threshold}")
+    if not math.isfinite(diversity) or diversity < 0:
+        raise ValueError(f"diversity must be a finite ratio >= 0, got {diversity}")
+    return diversity < threshold
 
 
 # ---------------------------------------------------------------- the Inception detectors
@@ -511,10 +557,14 @@ class FIDScorer:
     near 1: measured on the CIFAR-10 test split with the mini extractor, 1.74 sorted
     against about 5 shuffled. StyleGAN2-ADA needs no shuffle because it draws a random
     label per sample; for i.i.d. samples the permutation changes nothing in distribution.
+
+    With ``diversity=True`` :meth:`score` also returns ``diversity_<kind>`` (:func:`diversity_ratio` of
+    the samples' covariance against the reference's: no second pass through the detector).
     """
 
     def __init__(self, reference_images, detector: FeatureDetector, splits: int = 10, batch_size: int = 250,
-                 is_detector: Detector | None = None, reference: str | None = None):
+                 is_detector: Detector | None = None, reference: str | None = None, diversity: bool = False):
+        self.diversity = diversity
         own_probs = isinstance(detector, Detector)
         if own_probs and is_detector is not None:
             raise ValueError(f"{type(detector).__name__} gives its own IS; is_detector is for a features-only one")
@@ -560,6 +610,8 @@ class FIDScorer:
         feats, probs = self._features_and_probs(fake)
         mu, sigma = feature_stats(feats)
         scores = {f"fid_{self.kind}": frechet_distance(mu, sigma, self.mu, self.sigma)}
+        if self.diversity:
+            scores[f"diversity_{self.kind}"] = diversity_ratio(sigma, self.sigma)
         if probs is not None:
             is_mean, is_std = inception_score(_shuffled(probs), self.splits)
             scores.update({f"is_{self.is_kind}": is_mean, f"is_{self.is_kind}_std": is_std})
@@ -579,25 +631,27 @@ class FIDScorer:
 
 def make_scorer(test_images, inception_weights: str | Path | None, extractor_path: str | Path | None,
                 device: str | torch.device = "cpu", splits: int = 10,
-                reference: str = "reference set") -> FIDScorer:
+                reference: str = "reference set", diversity: bool = False) -> FIDScorer:
     """A :class:`FIDScorer` on Inception when ``inception_weights`` is an existing file, else in-domain.
 
     With the Inception pool3 network (no logits), IS comes from the in-domain extractor when
     ``extractor_path`` exists (keyed ``is_indomain``, with the scorer's :attr:`FIDScorer.is_note`),
     else it is not reported (a warning says so). A given but missing Inception path warns (the
     numbers will be keyed ``*_indomain``); with neither file available it raises
-    :class:`WeightsNotFoundError` naming both. ``reference`` names the reference set in the records.
+    :class:`WeightsNotFoundError` naming both. ``reference`` names the reference set in the records;
+    ``diversity`` adds ``diversity_<kind>`` to every score (:class:`FIDScorer`).
     """
     have_extractor = extractor_path is not None and Path(extractor_path).is_file()
     if inception_weights is not None and Path(inception_weights).is_file():
         detector = load_inception(inception_weights, device)
         if isinstance(detector, InceptionDetector):
-            return FIDScorer(test_images, detector, splits, reference=reference)
+            return FIDScorer(test_images, detector, splits, reference=reference, diversity=diversity)
         if not have_extractor:
             warnings.warn(f"{inception_weights} has no logits and the in-domain extractor {extractor_path} does not "
                           f"exist: FID only, no IS", stacklevel=2)
         is_detector = FeatureExtractor.load(extractor_path, device) if have_extractor else None
-        return FIDScorer(test_images, detector, splits, is_detector=is_detector, reference=reference)
+        return FIDScorer(test_images, detector, splits, is_detector=is_detector, reference=reference,
+                         diversity=diversity)
     if inception_weights is not None:
         warnings.warn(f"metrics.inception_weights = {inception_weights} does not exist; falling back to the "
                       f"in-domain extractor: numbers are keyed *_indomain, labelled \"{INDOMAIN_LABEL}\"",
@@ -609,12 +663,13 @@ def make_scorer(test_images, inception_weights: str | Path | None, extractor_pat
              f" The in-domain extractor {extractor_path} does not exist either: make it with `python -m "
              f"shared.extractor --params params.yaml --prepared data/prepared/cifar10 "
              f"--out {extractor_path}`."))
-    return FIDScorer(test_images, FeatureExtractor.load(extractor_path, device), splits, reference=reference)
+    return FIDScorer(test_images, FeatureExtractor.load(extractor_path, device), splits, reference=reference,
+                     diversity=diversity)
 
 
 def stats_scorer(stats: str | Path | ReferenceStats, inception_weights: str | Path,
                  device: str | torch.device = "cpu", splits: int = 10, is_detector: Detector | None = None,
-                 reference: str | None = None) -> FIDScorer:
+                 reference: str | None = None, diversity: bool = False) -> FIDScorer:
     """An Inception :class:`FIDScorer` against precomputed reference statistics (a ``fid_stats`` file).
 
     The detector file must be the one the statistics were made with (SHA-1 and convention checked:
@@ -626,11 +681,11 @@ def stats_scorer(stats: str | Path | ReferenceStats, inception_weights: str | Pa
         reference = reference or f"{stats.name} ({path})"
     detector = load_inception(inception_weights, device)
     is_detector = None if isinstance(detector, InceptionDetector) else is_detector
-    return FIDScorer(stats, detector, splits, is_detector=is_detector, reference=reference)
+    return FIDScorer(stats, detector, splits, is_detector=is_detector, reference=reference, diversity=diversity)
 
 
 def gan_scorers(test_images, cfg: "MetricsConfig", device: str | torch.device = "cpu",
-                reference: str = "CIFAR-10 test set") -> tuple[FIDScorer, FIDScorer | None]:
+                reference: str = "CIFAR-10 test set", diversity: bool = False) -> tuple[FIDScorer, FIDScorer | None]:
     """(the scorer of every evaluation during a GAN run, the scorer of its one final evaluation or None).
 
     The Inception pool3 network runs at about 6 images/s on one CPU thread, too slow to score every
@@ -639,16 +694,19 @@ def gan_scorers(test_images, cfg: "MetricsConfig", device: str | torch.device = 
     Inception FID at the end against ``cfg.reference_stats`` (precomputed: nothing passes the reference
     through the detector; IS beside it is the in-domain one). Without the extractor every evaluation is
     the Inception one (no final one); a missing Inception file warns, as :func:`make_scorer`.
+    ``diversity`` gives every evaluation during training its ``diversity_<kind>`` too (the final one none).
     """
     have_extractor = cfg.extractor is not None and Path(cfg.extractor).is_file()
     have_inception = cfg.inception_weights is not None and Path(cfg.inception_weights).is_file()
     if not have_extractor:
         if not have_inception:  # raises, naming both files
-            return make_scorer(test_images, cfg.inception_weights, cfg.extractor, device, cfg.is_splits, reference), None
+            return make_scorer(test_images, cfg.inception_weights, cfg.extractor, device, cfg.is_splits, reference,
+                               diversity), None
         warnings.warn(f"the in-domain extractor {cfg.extractor} does not exist: every evaluation is an Inception FID "
                       f"(about 6 images/s on one CPU thread), without IS", stacklevel=2)
-        return stats_scorer(cfg.reference_stats, cfg.inception_weights, device, cfg.is_splits), None
-    during = make_scorer(test_images, None, cfg.extractor, device, cfg.is_splits, reference)
+        return stats_scorer(cfg.reference_stats, cfg.inception_weights, device, cfg.is_splits,
+                            diversity=diversity), None
+    during = make_scorer(test_images, None, cfg.extractor, device, cfg.is_splits, reference, diversity)
     if not have_inception:
         if cfg.inception_weights is not None:
             warnings.warn(f"metrics.inception_weights = {cfg.inception_weights} does not exist: no Inception FID, "

@@ -15,7 +15,9 @@ Writes `<out>/table1_fid.json` and `<out>/table1_is.json` (each with the evaluat
 history) and/or `<out>/table3.json` in the suite's metrics-file format (paper, table, row, scale, seed, metrics) and `<out>/samples.png`
 (G's last sample grid), or the skip marker `<out>/skipped.json` for a run the scale does not make.
 Every record carries what its run used from the train record (`RUN_SETTINGS`: G's `latent_prior`, D's
-colour `jitter`, None for a method without the views); a train record older than those keys gives none.
+colour `jitter`, None for a method without the views) and whether its best G_ema collapsed (`RUN_OUTCOMES`:
+`diversity`, `collapse_threshold`, `collapsed`; None for a D-only run); a train record older than those keys
+gives none.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from shared.stage import start
 from shared.trainers.linear_eval import extract_features, train_linear
 
 RUN_SETTINGS = ("latent_prior", "jitter")  # copied from the train record into every record of the run
+RUN_OUTCOMES = ("diversity", "collapse_threshold", "collapsed")  # likewise: the report leaves collapsed runs out
 
 
 def row_id(architecture: str, method: str) -> str:
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
     t = trained.extra
     arch, method, seed = t["architecture"], t["method"], trained.seed
     row, written = row_id(arch, method), {}
-    settings = {k: t[k] for k in RUN_SETTINGS if k in t}  # which prior and jitter the run used
+    settings = {k: t[k] for k in (*RUN_SETTINGS, *RUN_OUTCOMES) if k in t}  # prior, jitter; collapsed or not
 
     if method != "simclr":  # a GAN: its FID and IS at the best-FID evaluation, one file per reported table
         cell = table1_cell(t)

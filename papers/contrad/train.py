@@ -4,7 +4,8 @@
         --out papers/contrad/outputs/train/sndcgan_contrad_seed0
 
 Methods: `baseline` (non-saturating, no augmentation), `diffaugment` (DiffAugment
-translation,cutout on every D input), `cr` (the baseline plus consistency regularisation on
+translation,cutout on every D input: Table 1's label), `diffaugment_cc` (DiffAugment color,cutout:
+the official command's policy for that row, an extra row), `cr` (the baseline plus consistency regularisation on
 the reals, weight `lambda_real`), `bcr` (balanced CR: also on the fakes, weight `lambda_fake`;
 both with T = HFlip + translation of up to 4 px, reflection fill, shared.gan_losses.cr / bcr),
 `contrad` (ContraD) and `simclr` (D trained by L_con+ alone, Table 3's reference; G is not
@@ -20,6 +21,9 @@ FID during training (every `eval_every` steps, `fid_samples` samples) is the in-
 names a file, that best G_ema gets one Inception FID at the end (`fid_inception`, of
 `metrics.inception_samples` samples against the precomputed `metrics.reference_stats`), kept in
 the record's `best`; the record's FID description keys are then that FID's (shared.metrics.gan_scorers).
+Every evaluation also gives the samples' diversity (`diversity_<kind>`: their feature covariance's trace
+against the test set's, shared.metrics.diversity_ratio); the record says the best G_ema's (`diversity`) and
+whether that is below `collapse_threshold` (`collapsed`: true / false; None for a D-only run).
 
 G's latents come from `architectures.<arch>.latent_prior` (the official U(-1, 1) for SNDCGAN's G, at
 training, FID and sample grids alike), D's views use `views.jitter` (the official code's own colour
@@ -51,6 +55,8 @@ def build_method(name: str, cfg: TrainStageConfig) -> GANMethod:
         return nonsaturating("")
     if name == "diffaugment":
         return nonsaturating(cfg.diffaugment_policy)
+    if name == "diffaugment_cc":
+        return nonsaturating(cfg.diffaugment_cc_policy)
     if name == "cr":
         return cr(cfg.lambda_real)
     if name == "bcr":
@@ -70,6 +76,17 @@ def skipped_reason(cfg: TrainStageConfig, architecture: str, method: str, seed: 
     if seed >= cfg.n_seeds:
         return f"seed {seed} is not run at scale {scale} (n_seeds={cfg.n_seeds})"
     return None
+
+
+def collapse_fields(history: list[dict], best: dict | None, kind: str | None, threshold: float) -> dict:
+    """What a train record says about collapse: the best G_ema's `diversity` (the `diversity_<kind>` of the
+    history's evaluation at the best step), the `collapse_threshold` and `collapsed` (None when nothing was
+    scored: a D-only run, or no evaluation)."""
+    at_best = next((h for h in history if best and h["step"] == best["step"]), {})
+    value = None if kind is None else at_best.get(f"diversity_{kind}")
+    return {"diversity": value, "diversity_label": None if value is None else metrics.DIVERSITY_LABEL,
+            "collapse_threshold": threshold,
+            "collapsed": None if value is None else metrics.is_collapsed(value, threshold)}
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -94,7 +111,8 @@ def run(args: argparse.Namespace) -> dict | None:
     evaluate, final_evaluate, scorer, final_scorer, train_cfg = None, None, None, None, cfg.train
     if method.g_loss is not None:  # a D-only run has no generator worth scoring
         test_x, _ = data.load_prepared(args.prepared, "test")
-        scorer, final_scorer = metrics.gan_scorers(test_x, cfg.metrics, device, reference="CIFAR-10 test set")
+        scorer, final_scorer = metrics.gan_scorers(test_x, cfg.metrics, device, reference="CIFAR-10 test set",
+                                                   diversity=True)
         train_cfg = dataclasses.replace(cfg.train, best_key=f"fid_{scorer.kind}")
         evaluate = fid_evaluate(scorer, cfg.fid_samples, 500, device, z_dim, latent_prior=latent_prior)
         if final_scorer is not None:
@@ -119,10 +137,12 @@ def run(args: argparse.Namespace) -> dict | None:
         described = ({"fid_label": None} if scorer is None else scorer.describe(cfg.fid_samples)
                      if final_scorer is None else {**final_scorer.describe(cfg.metrics.inception_samples),
                                                    "indomain": scorer.describe(cfg.fid_samples)})
+        collapse = collapse_fields(result.history, result.best, None if scorer is None else scorer.kind,
+                                   cfg.collapse_threshold)
         record = stage.record(
             best, row=name, architecture=args.architecture, method=args.method, method_name=method.name,
             latent_prior=latent_prior, jitter=jitter,
-            fid_samples=cfg.fid_samples, **described,
+            fid_samples=cfg.fid_samples, **described, **collapse,
             reference_is=None if scorer is None else scorer.reference_is,
             best=at_best, history=result.history, steps=result.steps,
             kimg=result.steps * cfg.train.batch_size / 1000,

@@ -245,7 +245,8 @@ def build_method(spec: RunSpec, cfg: MethodConfig, encoder: nn.Module,
                  discriminator: nn.Module | None = None) -> SSLMethod:
     """The run's method around ``encoder`` (heads built here, on the CPU: move it to the device afterwards).
 
-    ``discriminator`` (the frozen D, e.g. ``discriminator.load_discriminator``) is needed exactly when ``spec.disc`` is set.
+    ``discriminator`` (the frozen D, e.g. from ``discriminator.load_discriminator``) is needed exactly when
+    ``spec.disc`` is set.
     """
     if spec.method not in METHOD_CLASSES:
         raise ValueError(f"unknown method {spec.method!r}; allowed: {', '.join(METHOD_CLASSES)}")

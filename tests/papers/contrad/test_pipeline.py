@@ -13,11 +13,12 @@ from PIL import Image
 # move a number unless it says why. Re-pinned when G's latents became the official U(-1, 1) prior and
 # D's colour jitter ContraD's own HSV layer (every GAN row moves with the prior, the SimCLR-only D with
 # the jitter; ContraD's linear accuracy on the 200 smoke test images stayed at 10.5%), and when the CR
-# and bCR rows were added.
+# and bCR rows and the DiffAugment color,cutout row were added (no other number moved).
 PINNED = {  # (run, metrics file) -> metrics
     ("sndcgan_baseline_seed0", "table1_fid.json"): {"fid_indomain": 54.634102907185},
     ("sndcgan_baseline_seed0", "table1_is.json"): {"is_indomain": 1.0000014923362945},
     ("sndcgan_diffaugment_seed0", "table1_fid.json"): {"fid_indomain": 55.00446641451517},
+    ("sndcgan_diffaugment_cc_seed0", "table1_fid.json"): {"fid_indomain": 54.79302551474471},
     ("sndcgan_cr_seed0", "table1_fid.json"): {"fid_indomain": 54.38349269248707},
     ("sndcgan_bcr_seed0", "table1_fid.json"): {"fid_indomain": 54.3303689891935},
     ("sndcgan_contrad_seed0", "table1_fid.json"): {"fid_indomain": 55.58766167086629},
@@ -29,7 +30,7 @@ PINNED = {  # (run, metrics file) -> metrics
 def test_contrad_pipeline_at_smoke_scale(smoke_project, dvc, snapshot, data_root, remote_roundtrip):
     project = smoke_project(packages=("shared", "papers"), tracking={"backend": "none", "uri": None})
 
-    # the README's literal command: the alias stage (the contrad matrix is 73 stages: a busy machine gets 30 min)
+    # the README's literal command: the alias stage (the contrad matrix is 85 stages: a busy machine gets 30 min)
     run = dvc(["repro", "papers/contrad"], project, timeout=1800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "claims (papers/contrad/results/smoke/claims.json)" in run.stdout  # the alias printed them
@@ -47,6 +48,14 @@ def test_contrad_pipeline_at_smoke_scale(smoke_project, dvc, snapshot, data_root
         run = json.loads((out / f"train/sndcgan_{method}_seed0/metrics.json").read_text())
         assert run["method_name"] == method and [h["step"] for h in run["history"]] == [3, 6]
         assert (run["latent_prior"], run["jitter"]) == ("uniform", None)
+    official = json.loads((out / "train/sndcgan_diffaugment_cc_seed0/metrics.json").read_text())
+    assert official["method_name"] == "diffaugment[color,cutout]" and [h["step"] for h in official["history"]] == [3, 6]
+    # every evaluation scores the samples' diversity; the record keeps the best G_ema's (detection off at smoke)
+    assert all(0 <= h["diversity_indomain"] < 2 for h in trained["history"])
+    assert trained["diversity"] == next(h for h in trained["history"] if h["step"] == trained["best"]["step"])[
+        "diversity_indomain"]
+    assert (trained["collapse_threshold"], trained["collapsed"]) == (0.0, False)
+    assert (simclr["diversity"], simclr["collapsed"]) == (None, None)
     # what each run used, carried into its evaluate records
     for run, name, jitter in (("sndcgan_contrad_seed0", "table1_fid.json", "hsv"),
                               ("sndcgan_contrad_seed0", "table3.json", "hsv"),
@@ -69,6 +78,12 @@ def test_contrad_pipeline_at_smoke_scale(smoke_project, dvc, snapshot, data_root
     assert rows["sndcgan_cr_c10"]["n"] == rows["sndcgan_bcr_c10"]["n"] == 1
     assert rows["snresnet18_cr_c10"]["status"] == "not run"
     assert rows["sndcgan_contrad_c100"]["status"] == "not run"
+    assert "sndcgan_diffaugment_cc_c10" not in rows and rows["sndcgan_diffaugment_c10"]["n"] == 1
+    summary = json.loads((results / "summary.json").read_text())
+    extra = summary["extra_rows"]["table1_fid"]["sndcgan_diffaugment_cc_c10"]  # beside Table 1's DiffAug row
+    assert (extra["n"], extra["beside"], extra["delta"]) == (1, "sndcgan_diffaugment_c10", None)
+    assert "sndcgan_diffaugment_cc_c10" in (results / "table1_fid.md").read_text()
+    assert summary["collapsed"] == [] and len(summary["diversity"]) == 6  # the six GAN runs of seed 0
     table3 = {r["id"]: r for r in json.loads((results / "table3.json").read_text())["rows"]}
     assert np.isfinite(table3["sndcgan_simclr_c10"]["delta"])
     for name in ("fid_over_training.png", "samples.png", "table1_fid_vs_reported.png", "table1_is_vs_reported.png",

@@ -12,9 +12,9 @@ from papers.contrad.config import METHODS, TrainStageConfig
 from papers.contrad.evaluate import linear_eval_of_d, table1_cell
 from shared.models.sngan import DiscriminatorFeatures
 from papers.contrad.method import ContraDDiscriminator
-from papers.contrad.report import FID_CLAIM_METHODS, claims, detector_kind
+from papers.contrad.report import FID_CLAIM_METHODS, claims, detector_kind, split_row
 from papers.contrad.models import build_models
-from papers.contrad.train import build_method, skipped_reason
+from papers.contrad.train import build_method, collapse_fields, skipped_reason
 from shared.claims import FAILS, HOLDS, INCONCLUSIVE
 from shared.comparison import Comparison, RowComparison
 
@@ -24,8 +24,18 @@ CPU = torch.device("cpu")
 def test_methods_and_models():
     cfg = TrainStageConfig()
     names = {m: build_method(m, cfg).name for m in METHODS}
-    assert names == {"baseline": "baseline", "diffaugment": "diffaugment[translation,cutout]", "cr": "cr",
-                     "bcr": "bcr", "contrad": "contrad", "simclr": "simclr"}
+    assert names == {"baseline": "baseline", "diffaugment": "diffaugment[translation,cutout]",
+                     "diffaugment_cc": "diffaugment[color,cutout]", "cr": "cr", "bcr": "bcr", "contrad": "contrad",
+                     "simclr": "simclr"}
+    # the two DiffAugment rows differ only in the policy of the augmentation on every D input
+    label, official = build_method("diffaugment", cfg), build_method("diffaugment_cc", cfg)
+    assert (label.augment.keywords, official.augment.keywords) == ({"policy": "translation,cutout"},
+                                                                  {"policy": "color,cutout"})
+    assert (label.d_loss, label.g_loss) == (official.d_loss, official.g_loss)
+    x = torch.rand(4, 3, 8, 8) * 2 - 1
+    torch.manual_seed(0)
+    coloured = official.augment(x)
+    assert not torch.equal(coloured.mean((1, 2, 3)), x.mean((1, 2, 3)))  # brightness moved every image
     assert build_method("simclr", cfg).g_loss is None
     with pytest.raises(ValueError, match="unknown method"):
         build_method("lsgan", cfg)
@@ -47,6 +57,22 @@ def test_config_rejects_unknown_names_and_skips_what_a_scale_does_not_run():
     assert "seed 2" in skipped_reason(cfg, "sndcgan", "contrad", 2, "mini")
     assert "snresnet18" in skipped_reason(cfg, "snresnet18", "contrad", 0, "mini")
     assert "baseline" in skipped_reason(cfg, "sndcgan", "baseline", 0, "mini")
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="collapse_threshold"):
+            TrainStageConfig(collapse_threshold=bad)
+
+
+def test_a_run_is_collapsed_below_the_threshold_and_unknown_without_samples():
+    history = [{"step": 3, "fid_indomain": 60.0, "diversity_indomain": 0.5},
+               {"step": 6, "fid_indomain": 50.0, "diversity_indomain": 0.02}]
+    best = {"step": 6, "fid_indomain": 50.0}  # the trainer's best: its step and FID
+    out = collapse_fields(history, best, "indomain", 0.1)
+    assert (out["diversity"], out["collapse_threshold"], out["collapsed"]) == (0.02, 0.1, True)
+    earlier = collapse_fields(history, {"step": 3, "fid_indomain": 60.0}, "indomain", 0.1)
+    assert (earlier["diversity"], earlier["collapsed"]) == (0.5, False)  # the best G_ema's, not the last one's
+    assert collapse_fields(history, best, "indomain", 0.0)["collapsed"] is False  # 0: detection off
+    for unscored in (collapse_fields([], None, None, 0.1), collapse_fields([], None, "indomain", 0.1)):
+        assert (unscored["diversity"], unscored["collapsed"]) == (None, None)  # a D-only run, no evaluation
 
 
 def test_table1_cell_is_taken_at_the_best_fid():
@@ -143,13 +169,14 @@ def test_detector_kind_never_mixes_feature_spaces(tmp_path):
         detector_kind([a, write("b", "fid_inception")])
 
 
-def _eval_record(eval_dir, method, seed, name, metrics):
-    """One record as the evaluate stage writes it into <eval>/<arch>_<method>_seed<seed>/<name>."""
+def _eval_record(eval_dir, method, seed, name, metrics, outcome=None):
+    """One record as the evaluate stage writes it into <eval>/<arch>_<method>_seed<seed>/<name>; `outcome`: the
+    train record's diversity, collapse_threshold and collapsed it copies."""
     table = name.removesuffix(".json")
     history = [{"step": 3, **{k: v + 1 for k, v in metrics.items()}}, {"step": 6, **metrics}]
     return records.write(eval_dir / f"sndcgan_{method}_seed{seed}" / name, records.MetricsRecord(
         paper="contrad", stage="evaluate", scale="mini", seed=seed, table=table, row=f"sndcgan_{method}_c10",
-        metrics=metrics, extra={"history": history} if table.startswith("table1") else {},
+        metrics=metrics, extra={**({"history": history} if table.startswith("table1") else {}), **(outcome or {})},
         provenance={"command": "test", "commit": "abc"}))
 
 
@@ -182,3 +209,72 @@ def test_report_from_the_committed_runs_alone_is_the_same(tmp_path):
     assert results(tmp_path / "again") == before and again.claims == first.claims
     make_report(reported, None, "mini", out)  # in place, as `--from-runs` on the committed folder
     assert results(out) == before and (out / "samples.png").is_file()  # the grids are kept, not redrawn
+
+
+def test_split_row_keeps_a_method_with_an_underscore():
+    assert split_row("sndcgan_diffaugment_cc_c10") == ("sndcgan", "diffaugment_cc")
+    assert split_row("snresnet18_contrad_c10") == ("snresnet18", "contrad")
+
+
+def test_report_leaves_a_collapsed_seed_out_and_puts_color_cutout_beside_diffaugment(tmp_path):
+    """ContraD's seed 0 collapsed (diversity 0.01 < 0.1, FID 90): every table mean, curve and claim is over its
+    seeds 1 and 2 and names seed 0; DiffAugment color,cutout is an extra row beside Table 1's DiffAug row and a
+    setup of the FID claim."""
+    from papers.contrad.report import fid_over_training, make_report, sample_figure
+    from shared.config import REPO_ROOT
+
+    reported, eval_dir, out = REPO_ROOT / "papers/contrad/reported.yaml", tmp_path / "eval", tmp_path / "results"
+    fids = {"baseline": 30.0, "diffaugment": 22.0, "diffaugment_cc": 21.0, "cr": 25.0, "bcr": 20.0, "contrad": 12.0}
+    for seed, e in enumerate((-1.0, 0.0, 1.0)):
+        for method, fid in fids.items():
+            down = method == "contrad" and seed == 0
+            outcome = {"diversity": 0.01 if down else 0.8, "collapse_threshold": 0.1, "collapsed": down}
+            _eval_record(eval_dir, method, seed, "table1_fid.json", {"fid_indomain": 90.0 if down else fid + e}, outcome)
+            _eval_record(eval_dir, method, seed, "table1_is.json", {"is_indomain": 2.0 + e / 10}, outcome)
+            if method == "contrad":
+                _eval_record(eval_dir, method, seed, "table3.json", {"linear_eval_acc": 10.0 if down else 44.0 + e},
+                             outcome)
+        _eval_record(eval_dir, "simclr", seed, "table3.json", {"linear_eval_acc": 40.0 + e},
+                     {"diversity": None, "collapse_threshold": 0.1, "collapsed": None})
+    report = make_report(reported, eval_dir, "mini", out)
+
+    fid = {r["id"]: r for r in json.loads((out / "table1_fid.json").read_text())["rows"]}
+    contrad = fid["sndcgan_contrad_c10"]
+    assert (contrad["n"], contrad["seeds"], contrad["reproduced_mean"]) == (2, [1, 2], pytest.approx(12.5))
+    assert "left out as collapsed: seed 0 (diversity 0.01 < 0.1)" in contrad["note"]
+    assert fid["sndcgan_baseline_c10"]["n"] == 3 and fid["sndcgan_baseline_c10"]["note"] is None
+    assert "sndcgan_diffaugment_cc_c10" not in fid  # not a row of the paper's table ...
+    md = (out / "table1_fid.md").read_text()
+    assert "Extra rows" in md and "| sndcgan_diffaugment_cc_c10 | sndcgan_diffaugment_c10 | 22.9 | 21.00 ± 1.00 (n=3)" in md
+    assert "left out as collapsed" in md
+    lin = {r["id"]: r for r in json.loads((out / "table3.json").read_text())["rows"]}
+    assert (lin["sndcgan_contrad_c10"]["n"], lin["sndcgan_contrad_c10"]["reproduced_mean"]) == (2, pytest.approx(44.5))
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["table1_fid"]["sndcgan_contrad_c10"]["n"] == 2
+    assert [x["run"] for x in summary["collapsed"]] == ["sndcgan_contrad_seed0"]
+    assert summary["collapsed"][0]["diversity"] == 0.01 and len(summary["diversity"]) == 18
+    extra = summary["extra_rows"]["table1_fid"]["sndcgan_diffaugment_cc_c10"]  # ... but beside it
+    assert extra == {"mean": pytest.approx(21.0), "std": pytest.approx(1.0), "n": 3, "beside": "sndcgan_diffaugment_c10",
+                     "delta": None}  # in-domain against the paper's Inception FID: no delta
+
+    verdicts = {c["id"]: c for c in report.claims}
+    assert {c["vs"] for c in verdicts["fid"]["comparisons"]} == {"baseline", "diffaugment", "diffaugment_cc", "cr", "bcr"}
+    assert verdicts["fid"]["n"]["contrad"] == 2 and verdicts["fid"]["values"]["contrad"] == [12.0, 13.0]
+    assert verdicts["fid"]["verdict"] == HOLDS and "color,cutout" in verdicts["fid"]["claim"]
+    for claim in verdicts.values():
+        assert claim["collapsed_left_out"] == ["sndcgan_contrad_seed0"]
+        assert "1 collapsed run(s) left out: sndcgan_contrad_seed0 (diversity 0.01 < 0.1)" in claim["reason"]
+    assert verdicts["linear"]["values"]["contrad"] == [44.0, 45.0] and verdicts["linear"]["verdict"] == HOLDS
+    assert json.loads((out / "claims.json").read_text())["collapsed"] == ["sndcgan_contrad_seed0"]
+
+    # the figures: the collapsed grid is marked, the FID curve's mean is over the other two seeds
+    from PIL import Image
+    for method in ("baseline", "contrad"):
+        Image.new("RGB", (16, 16)).save(eval_dir / f"sndcgan_{method}_seed0" / "samples.png")
+    titles = [ax.get_title() for ax in sample_figure(eval_dir, "mini").axes]
+    assert "COLLAPSED: diversity 0.01 < 0.1" in titles[1] and "diversity 0.80" in titles[0]
+    assert "COLLAPSED" not in titles[0]
+    legend = [t.get_text() for t in fid_over_training(sorted(eval_dir.rglob("table1_fid.json")), "mini")
+              .axes[0].get_legend().get_texts()]
+    assert "ContraD (SimCLR augmentation) (n=2, 1 collapsed left out)" in legend
