@@ -220,13 +220,14 @@ class DataConfig:
     """Where datasets come from (``data`` in the top-level params.yaml)."""
     # Explicit per-dataset paths (a file, a folder, or a data root); null -> REPRO_DATA_DIR -> download.
     paths: dict[str, str | None] = dataclasses.field(
-        default_factory=lambda: {"cifar10": None, "mnist": None, "omniglot": None})
+        default_factory=lambda: {"cifar10": None, "mnist": None, "omniglot": None, "tinyimagenet100": None})
     download_dir: str | None = None
 
     def __post_init__(self):
-        unknown = set(self.paths) - {"cifar10", "mnist", "omniglot"}
+        unknown = set(self.paths) - {"cifar10", "mnist", "omniglot", "tinyimagenet100"}
         if unknown:
-            raise ValueError(f"unknown dataset in paths: {sorted(unknown)} (known: cifar10, mnist, omniglot)")
+            raise ValueError(f"unknown dataset in paths: {sorted(unknown)} "
+                             f"(known: cifar10, mnist, omniglot, tinyimagenet100)")
 
 
 @dataclasses.dataclass

@@ -1,7 +1,8 @@
 """Datasets as uint8 arrays: resolution, preparation, seeded subsets and device-resident loaders.
 
 Every loader returns images as uint8 ``(N, C, H, W)`` and labels as int64 ``(N,)``:
-CIFAR-10 ``(N, 3, 32, 32)``, MNIST ``(N, 1, 28, 28)``, Omniglot ``(N, 1, 105, 105)``.
+CIFAR-10 ``(N, 3, 32, 32)``, MNIST ``(N, 1, 28, 28)``, Omniglot ``(N, 1, 105, 105)``,
+Tiny-ImageNet-100 ``(N, 3, 64, 64)`` (grayscale JPEGs converted to RGB; no torchvision download).
 
 Where a dataset comes from, in order (the first that holds it wins):
   1. an explicit ``path`` (``data.paths.<name>`` in params.yaml): the dataset's files, a folder
@@ -63,6 +64,25 @@ DEFAULT_DOWNLOAD_DIR = Path("~/.cache/repro_suite/torchvision")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Sorted folder names must equal torchvision's label order, or labels would differ by source.
 assert tuple(sorted(CIFAR10_CLASSES)) == CIFAR10_CLASSES
+# Tiny-ImageNet-100 (the offline stand-in for ImageNet, GenCL): the first 100 WordNet ids of Tiny-ImageNet-200 in
+# sorted order, which is also the order of the archive's wnids.txt (checked when this table was written), so label
+# i = TINYIMAGENET100_WNIDS[i] whichever way the classes are listed.
+TINYIMAGENET100_WNIDS = (
+    "n01443537", "n01629819", "n01641577", "n01644900", "n01698640", "n01742172", "n01768244", "n01770393",
+    "n01774384", "n01774750", "n01784675", "n01855672", "n01882714", "n01910747", "n01917289", "n01944390",
+    "n01945685", "n01950731", "n01983481", "n01984695", "n02002724", "n02056570", "n02058221", "n02074367",
+    "n02085620", "n02094433", "n02099601", "n02099712", "n02106662", "n02113799", "n02123045", "n02123394",
+    "n02124075", "n02125311", "n02129165", "n02132136", "n02165456", "n02190166", "n02206856", "n02226429",
+    "n02231487", "n02233338", "n02236044", "n02268443", "n02279972", "n02281406", "n02321529", "n02364673",
+    "n02395406", "n02403003", "n02410509", "n02415577", "n02423022", "n02437312", "n02480495", "n02480855",
+    "n02481823", "n02486410", "n02504458", "n02509815", "n02666196", "n02669723", "n02699494", "n02730930",
+    "n02769748", "n02788148", "n02791270", "n02793495", "n02795169", "n02802426", "n02808440", "n02814533",
+    "n02814860", "n02815834", "n02823428", "n02837789", "n02841315", "n02843684", "n02883205", "n02892201",
+    "n02906734", "n02909870", "n02917067", "n02927161", "n02948072", "n02950826", "n02963159", "n02977058",
+    "n02988304", "n02999410", "n03014705", "n03026506", "n03042490", "n03085013", "n03089624", "n03100240",
+    "n03126707", "n03160309", "n03179701", "n03201208",
+)
+assert len(TINYIMAGENET100_WNIDS) == 100 and tuple(sorted(TINYIMAGENET100_WNIDS)) == TINYIMAGENET100_WNIDS
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
@@ -107,6 +127,7 @@ class _Spec:
     torchvision: str  # torchvision.datasets class used for the download
     tv_kwargs: tuple[dict, ...]  # one constructor call per split
     invert: bool = False
+    to_rgb: bool = False  # convert every decoded image to RGB (Tiny-ImageNet / ImageNet hold some grayscale JPEGs)
 
 
 _SPECS = {
@@ -117,6 +138,10 @@ _SPECS = {
     "omniglot": _Spec({"background": "images_background", "evaluation": "images_evaluation"},
                       (1, 105, 105), 2, None, "Omniglot", ({"background": True}, {"background": False}),
                       invert=True),
+    # Tiny-ImageNet-100: `test` is Tiny-ImageNet's labelled validation split (test/<wnid>/val_<n>.JPEG). No
+    # torchvision download exists: the offline tar, or an ImageFolder tree train/<wnid>, test/<wnid> of 64x64 images.
+    "tinyimagenet100": _Spec({"train": "train", "test": "test"}, (3, 64, 64), 1, TINYIMAGENET100_WNIDS,
+                             "", (), to_rgb=True),
 }
 
 
@@ -190,6 +215,8 @@ def _download(name: str, download_dir: Path) -> None:
     import torchvision.datasets  # imported here: slow, and only this fallback needs it
 
     spec = _spec(name)
+    if not spec.torchvision:
+        raise DataNotFoundError(f"torchvision has no download of {name}: give its tar or ImageFolder tree")
     for kwargs in spec.tv_kwargs:
         getattr(torchvision.datasets, spec.torchvision)(root=str(download_dir), download=True, **kwargs)
 
@@ -318,6 +345,8 @@ def _decode(data: bytes, where: str, spec: _Spec) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             mode = im.mode
+            if spec.to_rgb and mode != "RGB":  # grayscale (L) or CMYK JPEGs: replicate / convert to RGB
+                im, mode = im.convert("RGB"), "RGB"
             arr = np.asarray(im.convert("L") if mode == "1" else im)  # bilevel PNGs -> 0/255
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CorruptDataError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["dataset", "subset"])
-    parser.add_argument("name", help="dataset (cifar10, mnist, omniglot) or subset name from prepare.subsets")
+    parser.add_argument("name", help="dataset (cifar10, mnist, omniglot, tinyimagenet100) or subset name from "
+                                     "prepare.subsets")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, required=True, help="output folder (dataset) or .npy file (subset)")
     parser.add_argument("--prepared", type=Path, help="subset: the prepared dataset folder it indexes")

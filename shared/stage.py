@@ -230,6 +230,25 @@ def start(paper: str, name: str, *, suite_params: str | os.PathLike = config.REP
                  plots_file=None if plots is None else Path(plots))
 
 
+def write_seed_files(metrics_file: Path | None, plots_file: Path | None, ran: dict[int, dict], curve: str, x: str,
+                     y: str) -> None:
+    """The flat DVC files of a stage that runs several seeds in one process (``--seeds``), from the records of the
+    seeds that ran (``{seed: record}``): ``--metrics`` gets ``seed<i>/<name>`` of each record's ``metrics``, the
+    plot one row per ``x`` of the records' ``curve`` with a ``seed<i>`` column of ``y``; NaN and inf as null; rank 0
+    only."""
+    if not distributed.is_main():
+        return
+    if metrics_file is not None:
+        metrics = {f"seed{seed}/{k}": v for seed, rec in ran.items() for k, v in rec["metrics"].items()}
+        atomic_write_text(metrics_file, json.dumps(_finite(metrics), indent=2, sort_keys=True) + "\n")
+    if plots_file is not None:
+        rows: dict[Any, dict] = {}
+        for seed, rec in ran.items():
+            for point in rec[curve]:
+                rows.setdefault(point[x], {x: point[x]})[f"seed{seed}"] = point[y]
+        atomic_write_text(plots_file, json.dumps([_finite(rows[k]) for k in sorted(rows)], indent=1) + "\n")
+
+
 def _finite(row: dict[str, Any]) -> dict[str, Any]:
     """NaN and inf as null: DVC reads strict JSON."""
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}

@@ -370,3 +370,32 @@ def trained_extractor():
     x, y = _easy_dataset(40, seed=0)
     test = _easy_dataset(20, seed=1)
     return train_extractor(x, y, _tiny_extractor_config(), "cpu", progress=False, test=test), test
+
+
+# ---- a run killed in a given step
+
+class KilledAtStep(Exception):
+    """Raised by ``kill_at``'s logger: the run stops there as a killed process would."""
+
+
+@pytest.fixture
+def kill_at():
+    """``kill_at(step) -> logger``: a NullLogger that raises ``kill_at.error`` when the metrics of ``step`` are
+    logged, i.e. a run killed during that step (after the checkpoint of the step before)."""
+    from shared.tracking import NullLogger
+
+    class KillAt(NullLogger):
+        def __init__(self, step):
+            super().__init__()
+            self.step = step
+
+        def log_metrics(self, metrics, step=None):
+            if step == self.step:
+                raise KilledAtStep(f"killed in step {step}")
+            super().log_metrics(metrics, step)
+
+    def make(step):
+        return KillAt(step)
+
+    make.error = KilledAtStep
+    return make

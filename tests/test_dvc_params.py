@@ -30,6 +30,12 @@ from papers.generative_prior.ebm import EBMConfig, LangevinConfig
 from papers.generative_prior.pretrain import PretrainConfig as GPPretrainConfig
 from papers.contrad.config import EvaluateConfig, TrainStageConfig
 from papers.gan_simclr.config import GANStageConfig, GenerateConfig, PretrainConfig
+from papers.gencl.cost import CostConfig as GenCLCostConfig
+from papers.gencl.evaluate import EvaluateConfig as GenCLEvaluateConfig
+from papers.gencl.icgan import ICGANConfig
+from papers.gencl.inpaint import InpainterStageConfig, MaskAugmentConfig
+from papers.gencl.pretrain import PretrainConfig as GenCLPretrainConfig
+from papers.gencl.tokenizer import TokenizerConfig
 from shared.config import REPO_ROOT, SCALES, DataConfig
 from shared.extractor import ExtractorConfig
 from shared.prepare import PrepareConfig
@@ -39,9 +45,10 @@ GAN_SIMCLR = "papers/gan_simclr/params.yaml"
 CONTRAD = "papers/contrad/params.yaml"
 AUGGEN = "papers/augmentation_generator/params.yaml"
 GP = "papers/generative_prior/params.yaml"
+GENCL = "papers/gencl/params.yaml"
 DVC_FILES = ["dvc.yaml", "papers/gan_simclr/dvc.yaml", "papers/contrad/dvc.yaml", "papers/augmentation_generator/dvc.yaml",
-             "papers/generative_prior/dvc.yaml"]
-PARAMS_FILES = [SUITE, GAN_SIMCLR, CONTRAD, AUGGEN, GP]
+             "papers/generative_prior/dvc.yaml", "papers/gencl/dvc.yaml"]
+PARAMS_FILES = [SUITE, GAN_SIMCLR, CONTRAD, AUGGEN, GP, GENCL]
 SEEDED = ("scale", "seed", "device", "threads")  # a stage whose RNG (loader order, init) is seeded by `seed`
 UNSEEDED = ("scale", "device", "threads")
 
@@ -123,11 +130,31 @@ READS = {
         Section(GP, "pretrain", GPPretrainConfig, keyed=(("runs", r"--run (\w+)"),)),
         Section(GP, "langevin", LangevinConfig, only=("chains", "run_chains"))]),
     "papers/generative_prior/dvc.yaml:report": ((), []),
+    # gencl: encoding tokens and the IC-GAN's features are deterministic; the noise augmentation's z is seeded by
+    # icgan.augment.seed and the row; the in-painting's draws by the suite seed and the row
+    "papers/gencl/dvc.yaml:tokenizer": (SEEDED, [Section(GENCL, "tokenizer", TokenizerConfig)]),
+    "papers/gencl/dvc.yaml:tokens": (UNSEEDED, []),
+    "papers/gencl/dvc.yaml:inpainter": (SEEDED, [Section(GENCL, "inpainter", InpainterStageConfig)]),
+    "papers/gencl/dvc.yaml:mask_augment": (SEEDED, [Section(GENCL, "mask_augment", MaskAugmentConfig)]),
+    "papers/gencl/dvc.yaml:pretrain_baseline": (SEEDED, [
+        Section(GENCL, "runs", generative_prior.RunsConfig), Section(GENCL, "pretrain", GenCLPretrainConfig)]),
+    "papers/gencl/dvc.yaml:icgan_features": (UNSEEDED, [Section(GENCL, "icgan", ICGANConfig)]),
+    "papers/gencl/dvc.yaml:icgan_train": (SEEDED, [Section(GENCL, "icgan", ICGANConfig)]),
+    "papers/gencl/dvc.yaml:noise_augment": (UNSEEDED, [Section(GENCL, "icgan", ICGANConfig)]),
+    "papers/gencl/dvc.yaml:pretrain_noise": (SEEDED, [
+        Section(GENCL, "runs", generative_prior.RunsConfig), Section(GENCL, "pretrain", GenCLPretrainConfig)]),
+    "papers/gencl/dvc.yaml:pretrain_mask": (SEEDED, [
+        Section(GENCL, "runs", generative_prior.RunsConfig), Section(GENCL, "pretrain", GenCLPretrainConfig)]),
+    "papers/gencl/dvc.yaml:evaluate": (SEEDED, [
+        Section(GENCL, "runs", generative_prior.RunsConfig), Section(GENCL, "evaluate", GenCLEvaluateConfig)]),
+    "papers/gencl/dvc.yaml:cost": (SEEDED, [Section(GENCL, "cost", GenCLCostConfig)]),
+    "papers/gencl/dvc.yaml:report": ((), []),
     # the alias stages (`dvc repro papers/<paper>`) read no params: only the results folder at ${scale}
     "papers/gan_simclr": ((), []),
     "papers/contrad": ((), []),
     "papers/augmentation_generator": ((), []),
     "papers/generative_prior": ((), []),
+    "papers/gencl": ((), []),
 }
 
 

@@ -15,9 +15,17 @@ def test_stage_commands_were_found():
     assert {"shared.prepare", "shared.extractor"} <= set(MODULES)
 
 
+def _help(module: str, argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(module).main([*argv, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_every_stage_command_takes_debug(module, capsys):
-    with pytest.raises(SystemExit) as done:
-        importlib.import_module(module).main(["--help"])
-    assert done.value.code == 0
-    assert "--debug" in capsys.readouterr().out
+    usage = _help(module, [], capsys)
+    # a module with subcommands (`tokenizer train | encode`): each subcommand takes it
+    sub = re.match(r"usage: .*? \[-h\] \{([\w,]+)\}", usage)
+    for argv in ([[name] for name in sub.group(1).split(",")] if sub else [[]]):
+        assert "--debug" in _help(module, argv, capsys), (module, argv)

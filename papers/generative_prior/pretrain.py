@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import sys
 from pathlib import Path
@@ -59,9 +58,8 @@ from shared import checkpoint, config
 from shared.cli import run_stage, stage_parser
 from shared.data import DeviceLoader
 from shared.device import to_device
-from shared.io import atomic_write_text
 from shared.models import resnet18
-from shared.stage import start
+from shared.stage import start, write_seed_files
 from shared.trainers.linear_eval import LinearEvalConfig, linear_eval
 from shared.trainers.ssl import SSLConfig, train_ssl
 from shared.view_sources import ClassicViews, PipelineConfig, PrecomputedViews, classic_view
@@ -318,15 +316,7 @@ def run_seeds(args: argparse.Namespace) -> list[dict | None]:
                                     "plots": None})
         done.append(run(one))
     ran = {seed: rec for seed, rec in zip(args.seeds, done, strict=True) if rec is not None}
-    metrics = {f"seed{seed}/{k}": v for seed, rec in ran.items() for k, v in rec["metrics"].items()}
-    steps: dict[int, dict] = {}
-    for seed, rec in ran.items():
-        for point in rec["curve"]:
-            steps.setdefault(point["step"], {"step": point["step"]})[f"seed{seed}"] = point["linear_eval_acc"]
-    if args.metrics is not None:
-        atomic_write_text(args.metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    if args.plots is not None:
-        atomic_write_text(args.plots, json.dumps([steps[k] for k in sorted(steps)], indent=1) + "\n")
+    write_seed_files(args.metrics, args.plots, ran, "curve", "step", "linear_eval_acc")
     return done
 
 

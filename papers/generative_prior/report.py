@@ -50,7 +50,7 @@ import numpy as np
 
 from papers.generative_prior.config import RUN_NAMES
 from shared import records
-from shared.claims import ALPHA, FAILS, HOLDS, INCONCLUSIVE, beats, best_of, holm, increases, seed_stats, within
+from shared.claims import INCONCLUSIVE, beats, best_of, each_of, increases, seed_stats, within
 from shared.comparison import VS_REPORTED, Comparison, compare, load_reported
 from shared.io import atomic_write, atomic_write_text
 from shared.report import Report, band, figure, not_run, report_parser, reported_vs_reproduced, run_report, runs_dir
@@ -161,70 +161,6 @@ def printed(doc: dict, *rows: str) -> str:
         values = list(dict.fromkeys(r["mean"] for t in TABLES for r in doc["tables"][t]["rows"] if r["id"] == row))
         parts.append(f"{row} {' / '.join(f'{v:.2f}' for v in values) if values else 'not printed'}")
     return ", ".join(parts)
-
-
-def each_of(parts: dict[str, dict], what: str) -> dict:
-    """"Every one of ``parts`` holds": the parts are verdicts of one kind (``beats``, ``within``) on different
-    setups; their one-sided p (and their opposite p) are Holm-corrected over the parts that were tested.
-
-    A part whose setups were not run is left out (named in ``not_run``): the claim is about the settings a scale
-    runs. It holds if every other part was tested and every adjusted p is below alpha; it does not hold if some
-    part's opposite p, Holm-adjusted, is; else inconclusive (a part with fewer than 2 seeds or no spread leaves
-    it inconclusive unless another part is significantly opposite). The headline (``vs``, ``difference``, ``p``,
-    ...) is the decisive part: for "does not hold" the most significant opposite one, else the weakest.
-    """
-    one = what[:-1] if what.endswith("s") else what
-    first = next(iter(parts.values()))
-    values: dict[str, list[float]] = {}
-    for part in parts.values():
-        values.update(part["values"])
-    missing = {k: [s for s, v in part["values"].items() if not v] for k, part in parts.items()}
-    not_run = [k for k, m in missing.items() if m]
-    tested = {k: v for k, v in parts.items() if v["p"] is not None}
-    untested = {k: v["reason"] for k, v in parts.items() if v["p"] is None and k not in not_run}
-    rule = (f"{first['test']} for each {one} that ran, Holm-corrected over them; holds if every {one} that ran was "
-            f"tested and every adjusted p < {ALPHA}, does not hold if some adjusted opposite p < {ALPHA}, else "
-            f"inconclusive; needs >= 2 seeds in every setup")
-    out = {"test": f"{first['test']} per {one}, Holm-corrected", "alpha": ALPHA, "direction": first["direction"],
-           "n": {k: len(v) for k, v in values.items()}, "values": values,
-           "numbers": {k: seed_stats(v) for k, v in values.items()}, "rule": rule, "vs": None, "estimate": None,
-           "difference": None, "ci95": None, "df": None, "p": None, "p_opposite": None, "p_adjusted": None,
-           "p_opposite_adjusted": None, "comparisons": [], "not_run": not_run, "untested": untested}
-    if not tested:
-        if len(not_run) == len(parts):
-            reason = "not run: " + ", ".join(dict.fromkeys(s for m in missing.values() for s in m))
-        else:
-            reason = "; ".join(f"{k}: {why}" for k, why in untested.items())
-        return {**out, "verdict": INCONCLUSIVE, "reason": reason}
-    comparisons = []
-    for (label, part), pa, qa in zip(tested.items(), holm([p["p"] for p in tested.values()]),
-                                     holm([p["p_opposite"] for p in tested.values()])):
-        comparisons.append({"label": label, "vs": part["vs"], "estimate": part["estimate"],
-                            "difference": part["difference"], "ci95": part["ci95"], "df": part["df"], "p": part["p"],
-                            "p_opposite": part["p_opposite"], "p_adjusted": pa, "p_opposite_adjusted": qa,
-                            **({"ci90": part["ci90"], "margin": part["margin"]} if "margin" in part else {}),
-                            "reason": part["reason"]})
-    beaten = min(comparisons, key=lambda c: c["p_opposite_adjusted"])
-    weakest = max(comparisons, key=lambda c: c["p_adjusted"])
-    if not untested and all(c["p_adjusted"] < ALPHA for c in comparisons):
-        verdict, head = HOLDS, weakest
-        reason = (f"every {one} of {len(comparisons)} holds: largest Holm-adjusted p = {head['p_adjusted']:.2g} < "
-                  f"{ALPHA} ({head['label']}, difference {head['difference']:+.2f})")
-    elif beaten["p_opposite_adjusted"] < ALPHA:
-        verdict, head = FAILS, beaten
-        reason = (f"{head['label']} goes the other way: difference {head['difference']:+.2f}, Holm-adjusted opposite "
-                  f"p = {head['p_opposite_adjusted']:.2g} < {ALPHA}")
-    else:
-        verdict, head = INCONCLUSIVE, weakest
-        reason = (f"weakest {one} {head['label']}: difference {head['difference']:+.2f}, Holm-adjusted p = "
-                  f"{head['p_adjusted']:.2g}, none significantly the other way")
-        if untested:
-            reason += "; not tested: " + "; ".join(f"{k} ({why})" for k, why in untested.items())
-    if not_run:
-        reason += f" (not run, left out: {', '.join(not_run)})"
-    out.update({k: head[k] for k in ("vs", "estimate", "difference", "ci95", "df", "p", "p_opposite", "p_adjusted",
-                                     "p_opposite_adjusted")})
-    return {**out, "comparisons": comparisons, "verdict": verdict, "reason": reason}
 
 
 def trend(values: dict[str, list[float]], x: dict[str, float], increasing: bool, x_unit: str) -> dict:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from shared.device import autocast, prepare_batch
 from shared.trainers.common import NonFiniteLossError
@@ -32,12 +32,20 @@ class LinearEvalConfig:
     gamma: float = 0.1
     feature_batch_size: int = 512
     seed: int = 0
+    # "cosine": the lr anneals to 0 over `epochs`, stepped once per epoch (CosineAnnealingLR(opt, epochs), as
+    # VICReg's evaluate.py); `milestones` are then not allowed.
+    schedule: Literal["multistep", "cosine"] = "multistep"
+    init_std: float | None = None  # None: PyTorch's Linear init; else weight ~ N(0, init_std), bias 0 (VICReg: 0.01)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.feature_batch_size < 1:
             raise ValueError("epochs, batch_size and feature_batch_size must be >= 1")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.schedule == "cosine" and self.milestones:
+            raise ValueError(f"milestones {self.milestones} are for schedule 'multistep', not 'cosine'")
+        if self.init_std is not None and self.init_std <= 0:
+            raise ValueError(f"init_std must be > 0 or null, got {self.init_std}")
 
 
 @torch.no_grad()
@@ -55,10 +63,11 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, device: torch.dev
     return torch.cat(out)
 
 
-def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, cfg: LinearEvalConfig,
-               num_classes: int) -> tuple[nn.Linear, list[dict[str, float]]]:
+def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, cfg: LinearEvalConfig, num_classes: int,
+               eval_sets: dict[str, tuple[Tensor, Tensor]] | None = None) -> tuple[nn.Linear, list[dict[str, float]]]:
     """A linear head fitted on fixed features, and its curve: per epoch the mean loss and the accuracy (%)
-    of the training batches before their step.
+    of the training batches before their step; with ``eval_sets`` ``{name: (x, y)}`` also ``<name>_top1`` and
+    ``<name>_top5`` (%) of the head at the end of each epoch (the last row is the returned head's).
 
     The head's init is drawn under ``cfg.seed`` without touching the caller's RNG; the batch order comes
     from a CPU generator seeded with it. A non-finite loss stops with the epoch that made it (the lr is
@@ -69,11 +78,18 @@ def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, cfg: LinearEvalConf
     with torch.random.fork_rng(devices=[]):  # the head's init must not consume the caller's RNG
         torch.manual_seed(cfg.seed)
         head = nn.Linear(train_x.shape[1], num_classes).to(device)
+    if cfg.init_std is not None:
+        with torch.no_grad():  # drawn from the cpu generator: the same head on every device
+            head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * cfg.init_std)
+            head.bias.zero_()
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    else:
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
     curve = []
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(train_x), generator=gen).to(device)
@@ -92,8 +108,29 @@ def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, cfg: LinearEvalConf
         if not math.isfinite(mean_loss):
             raise NonFiniteLossError(f"the linear head's loss is {mean_loss} in epoch {epoch + 1}: lr {cfg.lr} "
                                      f"diverges on these features; lower linear.lr")
-        curve.append({"epoch": epoch + 1, "loss": mean_loss, "train_acc": correct.item() / len(order) * 100})
+        row = {"epoch": epoch + 1, "loss": mean_loss, "train_acc": correct.item() / len(order) * 100}
+        for name, (x, y) in (eval_sets or {}).items():
+            with torch.no_grad():
+                row[f"{name}_top1"], row[f"{name}_top5"] = topk_accuracy(head(x), y, (1, 5))
+        curve.append(row)
     return head, curve
+
+
+@torch.no_grad()
+def topk_correct(logits: Tensor, y: Tensor, ks: Sequence[int] = (1, 5)) -> Tensor:
+    """How many rows of ``logits`` (N, C) hold label ``y`` (N,) among their k largest, for each k (int64, (len(ks),)).
+
+    A k above C counts as C: every label is then among the top k.
+    """
+    assert logits.dim() == 2 and y.shape == (len(logits),), (logits.shape, y.shape)
+    kmax = min(max(ks), logits.shape[1])
+    hit = logits.topk(kmax, dim=1).indices == y[:, None]  # (N, kmax), at most one True per row
+    return torch.stack([hit[:, :min(k, kmax)].any(1).sum() for k in ks])
+
+
+def topk_accuracy(logits: Tensor, y: Tensor, ks: Sequence[int] = (1, 5)) -> list[float]:
+    """Top-k accuracies (%) of ``logits`` (N, C) against labels ``y``, one per k of ``ks``."""
+    return [c / len(y) * 100 for c in topk_correct(logits, y, ks).tolist()]
 
 
 @torch.no_grad()

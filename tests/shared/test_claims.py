@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from shared.claims import (ALPHA, FAILS, HOLDS, INCONCLUSIVE, beats, best_of, effect_text, holm, increases,
+from shared.claims import (ALPHA, FAILS, HOLDS, INCONCLUSIVE, beats, best_of, each_of, effect_text, holm, increases,
                            n_text, seed_stats, welch, within)
 
 A = [71.2, 72.5, 70.9, 72.0]
@@ -330,3 +330,36 @@ def test_within_is_inconclusive_without_a_test(values, why):
 def test_within_needs_a_positive_margin():
     with pytest.raises(ValueError, match="margin must be > 0"):
         within({"a": BYOL, "b": BYOL}, "a", "b", 0.0)
+
+
+def _ttest_p(a, b):  # one-sided Welch p that mean(a) > mean(b), from scipy
+    return stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
+
+
+def test_each_of_holm_corrects_the_parts_against_scipy():
+    base = [1.0, 1.1, 0.9]
+    values = {"a": [2.0, 2.1, 1.9], "b": [1.5, 1.6, 1.3], "base": base}
+    parts = {k: beats({k: values[k], "base": base}, k, "base") for k in ("a", "b")}
+    out = each_of(parts, "settings")
+    raw = [_ttest_p(values["a"], base), _ttest_p(values["b"], base)]
+    adjusted = holm(raw)
+    assert [c["p_adjusted"] for c in out["comparisons"]] == pytest.approx(adjusted)
+    assert out["verdict"] == (HOLDS if max(adjusted) < ALPHA else INCONCLUSIVE)
+    assert out["p_adjusted"] == pytest.approx(max(adjusted))  # the headline is the weakest part
+    assert out["test"].endswith("per setting, Holm-corrected")
+
+
+def test_each_of_does_not_hold_when_a_part_is_significantly_opposite():
+    base = [1.0, 1.1, 0.9]
+    parts = {"up": beats({"up": [2.0, 2.1, 1.9], "base": base}, "up", "base"),
+             "down": beats({"down": [0.1, 0.2, 0.0], "base": base}, "down", "base")}
+    out = each_of(parts, "settings")
+    assert out["verdict"] == FAILS and out["vs"] == parts["down"]["vs"]
+
+
+def test_each_of_leaves_out_and_names_parts_not_run():
+    base = [1.0, 1.1, 0.9]
+    parts = {"ran": beats({"ran": [2.0, 2.1, 1.9], "base": base}, "ran", "base"),
+             "missing": beats({"missing": [], "base": base}, "missing", "base")}
+    out = each_of(parts, "settings")
+    assert out["not_run"] == ["missing"] and len(out["comparisons"]) == 1 and out["verdict"] == HOLDS

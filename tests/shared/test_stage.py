@@ -104,3 +104,15 @@ def test_seed_stats_match_numpy():
     assert report.seed_stats([1.0, 2.0, 4.0]) == pytest.approx({"mean": 7 / 3, "std": 1.5275252316519468, "n": 3})
     assert report.seed_stats([5.0]) == {"mean": 5.0, "std": None, "n": 1}
     assert report.seed_stats([]) == {"mean": None, "std": None, "n": 0}
+
+
+def test_write_seed_files_keys_metrics_by_seed_and_merges_curves(tmp_path):
+    from shared.stage import write_seed_files
+
+    ran = {0: {"metrics": {"acc": 1.5, "loss": float("nan")}, "curve": [{"step": 2, "acc": 1.0}, {"step": 4, "acc": 1.5}]},
+           2: {"metrics": {"acc": 2.5, "loss": 0.1}, "curve": [{"step": 4, "acc": 2.5}]}}
+    write_seed_files(tmp_path / "m.json", tmp_path / "p.json", ran, "curve", "step", "acc")
+    assert json.loads((tmp_path / "m.json").read_text()) == {"seed0/acc": 1.5, "seed0/loss": None, "seed2/acc": 2.5,
+                                                             "seed2/loss": 0.1}
+    assert json.loads((tmp_path / "p.json").read_text()) == [{"step": 2, "seed0": 1.0},
+                                                             {"step": 4, "seed0": 1.5, "seed2": 2.5}]

@@ -256,32 +256,17 @@ def tiny_loader(n=12, side=16, seed=0):
     return DeviceLoader(x, torch.zeros(n, dtype=torch.int64), batch_size=4, shuffle=True, drop_last=True, seed=3)
 
 
-class Killed(Exception):
-    pass
-
-
-class KillAt(NullLogger):
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def log_metrics(self, metrics, step=None):
-        if step == self.step:
-            raise Killed
-        super().log_metrics(metrics, step)
-
-
 def train(cfg, out_dir, logger, seed=0):
     net = tiny_net(seed)
     torch.manual_seed(seed)
     return net, ebm.train_ebm(cfg, net, tiny_loader(), out_dir=out_dir, logger=logger, device=CPU, progress=False)
 
 
-def test_training_resumed_after_a_kill_equals_the_uninterrupted_run(tmp_path):
+def test_training_resumed_after_a_kill_equals_the_uninterrupted_run(tmp_path, kill_at):
     cfg = EBMConfig(**TINY)
     net_a, a = train(cfg, tmp_path / "a", NullLogger())
-    with pytest.raises(Killed):
-        train(cfg, tmp_path / "b", KillAt(3))  # killed during iteration 3: the checkpoint is iteration 2's
+    with pytest.raises(kill_at.error):
+        train(cfg, tmp_path / "b", kill_at(3))  # killed during iteration 3: the checkpoint is iteration 2's
     net_b, b = train(cfg, tmp_path / "b", NullLogger(), seed=1)  # other initial weights: all from the checkpoint
     assert a.steps == b.steps == 4 and a.history == b.history and [h["step"] for h in a.history] == [1, 2, 3, 4]
     for (name, p), q in zip(net_a.state_dict().items(), net_b.state_dict().values()):
