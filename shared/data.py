@@ -603,6 +603,14 @@ def load_prepared(out_dir, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- subsets
 
+def evenly_spaced(n_total: int, n: int | None = None) -> torch.Tensor:
+    """``min(n, n_total)`` row positions spread evenly over ``0 .. n_total - 1`` (all of them for None): a look at a
+    class-ordered split that is not a few classes only (sample grids, held-out slices)."""
+    if n is None or n >= n_total:
+        return torch.arange(n_total)
+    return torch.linspace(0, n_total - 1, n).round().long().unique()
+
+
 def stratified_subset(labels, per_class: int, seed: int) -> np.ndarray:
     """Sorted int64 indices holding exactly ``per_class`` items of every class, drawn without
     replacement by ``np.random.default_rng(seed)`` class by class in sorted label order."""

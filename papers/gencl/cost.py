@@ -290,14 +290,6 @@ def mask_path(tokenizer_path: Path, inpainter_path: Path, settings: dict, device
 
 # ---------------------------------------------------------------- measuring
 
-def spread(n_total: int, n: int | None) -> Tensor:
-    """``n`` positions evenly spread over 0..n_total-1 (all of them for None or n >= n_total): the SSL set is
-    ordered by class, so its first rows would be a few classes only."""
-    if n is None or n >= n_total:
-        return torch.arange(n_total)
-    return torch.linspace(0, n_total - 1, n).round().long().unique()
-
-
 def augmented_set(aug: Augmentation, originals: Tensor, positions: Tensor, batch_size: int,
                   device: torch.device) -> Tensor:
     """uint8 augmented images of ``originals[positions]`` (on the CPU), batch by batch on ``device``."""
@@ -377,8 +369,8 @@ def run(args: argparse.Namespace) -> dict:
     originals = torch.from_numpy(x[rows])
     augs = build_augmentations(args, device, stage.seed, len(originals))
 
-    fid_pos, ssim_pos = spread(len(originals), cfg.fid_n), spread(len(originals), cfg.ssim_n)
-    time_pos = spread(len(originals), cfg.time_n)
+    fid_pos, ssim_pos = data.evenly_spaced(len(originals), cfg.fid_n), data.evenly_spaced(len(originals), cfg.ssim_n)
+    time_pos = data.evenly_spaced(len(originals), cfg.time_n)
     timing_images = originals[time_pos].to(device).float() / 255
     resolved = {SECTION: config.to_dict(cfg), "prepared": str(args.prepared),
                 "indices": None if args.indices is None else str(args.indices),

@@ -34,24 +34,8 @@ class EncoderConfig:
             raise ValueError(f"encoder.width must be > 0, got {self.width}")
 
 
-def imagenet_stem(encoder: ResNet) -> ResNet:
-    """Give a `shared.models.resnet` ResNet torchvision's ImageNet stem: conv 7x7/2 (padding 3), BN, ReLU,
-    max-pool 3x3/2 (padding 1), in place of its CIFAR stem (3x3/1 conv, no pool).
-
-    The suite's ResNet applies ``conv1``, ``bn1``, ``relu`` only in its stem (each block has its own ReLU), so
-    ``relu`` followed by the max-pool is the torchvision stem exactly. (A ``stem=`` argument of
-    `shared.models.resnet.ResNet` would be the better home; changing that file reruns every stage that lists it.)
-    """
-    planes = encoder.conv1.out_channels
-    encoder.conv1 = nn.Conv2d(encoder.conv1.in_channels, planes, kernel_size=7, stride=2, padding=3, bias=False)
-    nn.init.kaiming_normal_(encoder.conv1.weight, mode="fan_out", nonlinearity="relu")
-    encoder.relu = nn.Sequential(nn.ReLU(inplace=True), nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-    return encoder
-
-
 def build_encoder(cfg: EncoderConfig) -> ResNet:
-    encoder = ARCHS[cfg.arch](cfg.width, zero_init_residual=cfg.zero_init_residual)
-    return imagenet_stem(encoder) if cfg.stem == "imagenet" else encoder
+    return ARCHS[cfg.arch](cfg.width, zero_init_residual=cfg.zero_init_residual, stem=cfg.stem)
 
 
 def save_encoder(path: Path, encoder: nn.Module, cfg: EncoderConfig, **meta: Any) -> None:

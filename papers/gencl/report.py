@@ -55,7 +55,7 @@ from papers.gencl.runs import RUN_NAMES, get_run, runs_of
 from shared import records
 from shared.claims import beats, best_of, each_of, increases, seed_stats
 from shared.comparison import VS_REPORTED, Comparison, compare, load_reported
-from shared.data import load_indices, load_prepared
+from shared.data import evenly_spaced, load_indices, load_prepared
 from shared.io import atomic_write, atomic_write_text
 from shared.report import Report, band, figure, not_run, report_parser, reported_vs_reproduced, run_report, runs_dir
 from shared.view_sources import PrecomputedViews
@@ -461,7 +461,7 @@ def augmentation_rows(prepared: Path, indices: Path, augment_dir: Path,
     rows = load_indices(indices)
     if len(rows) and rows.max() >= len(x):
         raise ValueError(f"{indices}: row {rows.max()} is beyond the prepared train split ({len(x)} rows)")
-    positions = np.unique(np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(np.int64))
+    positions = evenly_spaced(len(rows), n).numpy()
     originals = torch.from_numpy(x[rows[positions]])
     generated: dict[str, np.ndarray | None] = {}
     for gen, (rel, stage) in AUGMENT.items():

@@ -43,7 +43,7 @@ from papers.gencl.vq import VQAutoencoder, VQConfig, codes_used, load_tokenizer,
     save_tokenizer
 from shared import checkpoint, config
 from shared.cli import add_debug_argument, run_stage
-from shared.data import DeviceLoader, load_prepared, sha256_file
+from shared.data import DeviceLoader, evenly_spaced, load_prepared, sha256_file
 from shared.device import autocast, to_device
 from shared.io import atomic_write, atomic_write_many
 from shared.stage import start
@@ -247,13 +247,6 @@ def curves_png(history: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def spread(n_total: int, n: int) -> Tensor:
-    """``min(n, n_total)`` row indices spread evenly over [0, n_total)."""
-    return torch.linspace(0, n_total - 1, min(n, n_total)).round().long().unique()
-
-
-# ---------------------------------------------------------------- the stages
-
 def run_train(args: argparse.Namespace) -> dict:
     stage = start("gencl", "tokenizer", suite_params=args.suite_params, out=args.out, metrics=args.metrics,
                   plots=args.plots)
@@ -275,7 +268,7 @@ def run_train(args: argparse.Namespace) -> dict:
         result = train_tokenizer(cfg, model, loader, out_dir=stage.out, logger=log, device=device)
         save_tokenizer(stage.out / "tokenizer.pt", model, steps=result.steps, data=str(args.data))
 
-        held_out = torch.as_tensor(eval_x)[spread(len(eval_x), cfg.eval_images)]
+        held_out = torch.as_tensor(eval_x)[evenly_spaced(len(eval_x), cfg.eval_images)]
         headline, recons = reconstruction_check(model, held_out, device)
         grid_png = png_bytes(recon_grid(held_out[:cfg.grid_images], recons[:cfg.grid_images]))
         atomic_write(stage.out / "recon.png", lambda f: f.write(grid_png))

@@ -41,6 +41,7 @@ from papers.generative_prior.ebm import (ChainConfig, LangevinConfig, counter_no
                                          interpolated_start, langevin_chain, load_energy, snapshot_file)
 from shared import config
 from shared.cli import run_stage, stage_parser
+from shared.data import evenly_spaced
 from shared.io import atomic_write
 from shared.stage import start
 from shared.trainers.gan import image_grid, png_bytes
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> dict | None:
                 "data": str(args.data), "energy": str(args.energy), "energy_sha256": file_sha256(Path(args.energy))}
     with stage.tracked(resolved, f"langevin/{args.chain}", checkpointed=False) as log:
         views = {k: np.empty((n, *train_x.shape[1:]), np.uint8) for k in chain.snapshots}
-        grid_rows = torch.linspace(0, n - 1, min(cfg.n_grid, n)).round().long().unique()
+        grid_rows = evenly_spaced(n, cfg.n_grid)
         shown = (-1, *(k for k in chain.snapshots if k != 0))  # chain.png's columns after x: I_0, then the steps
         grid_cols = {}  # k -> the grid rows' images after k steps (-1: I_0)
         sums = {f"{stat}_step{k}": 0.0 for k in chain.snapshots for stat in STATS}

@@ -1,4 +1,4 @@
-"""CIFAR-stem ResNets that return pooled features.
+"""CIFAR-stem ResNets (torchvision's ImageNet stem on request) that return pooled features.
 
 The layout is torchvision's ResNet v1.5 (stride on the 3x3 conv of a Bottleneck,
 attribute names ``conv1``, ``bn1``, ``layer1`` .. ``layer4``) with the stem that
@@ -12,7 +12,7 @@ sweeps can use tiny networks with the same topology.
 """
 from __future__ import annotations
 
-from typing import Type
+from typing import Literal, Type
 
 import torch
 from torch import nn
@@ -83,7 +83,7 @@ def _scaled(channels: int, width: float) -> int:
 
 
 class ResNet(nn.Module):
-    """ResNet trunk with a CIFAR stem; ``forward(x) -> (B, feature_dim)``.
+    """ResNet trunk with a CIFAR stem (or torchvision's ImageNet stem); ``forward(x) -> (B, feature_dim)``.
 
     Args:
         block: ``BasicBlock`` or ``Bottleneck``.
@@ -93,6 +93,8 @@ class ResNet(nn.Module):
         zero_init_residual: start the last BN of every block at weight 0 so each
             block begins as the identity (the VICReg code builds its ResNet-50 this
             way); off by default, which is torchvision's default.
+        stem: "cifar" (a 3x3/1 conv, no pool: the default) or "imagenet"
+            (torchvision's 7x7/2 conv, BN, ReLU, 3x3/2 max-pool).
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class ResNet(nn.Module):
         in_channels: int = 3,
         *,
         zero_init_residual: bool = False,
+        stem: Literal["cifar", "imagenet"] = "cifar",
     ) -> None:
         super().__init__()
         if not width > 0:
@@ -111,13 +114,19 @@ class ResNet(nn.Module):
             raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
         if len(layers) != 4:
             raise ValueError(f"layers must list 4 stages, got {layers!r}")
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
 
         stem_planes = _scaled(64, width)
         # CIFAR stem: a 7x7/2 conv plus max-pool would shrink 32x32 images to 8x8
         # before the first stage, so small-image SSL code uses a 3x3/1 conv only.
-        self.conv1 = _conv3x3(in_channels, stem_planes, stride=1)
+        if stem == "cifar":
+            self.conv1 = _conv3x3(in_channels, stem_planes, stride=1)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, stem_planes, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_planes)
         self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
 
         self._in_planes = stem_planes
         self.layer1 = self._make_layer(block, _scaled(64, width), layers[0], stride=1)
@@ -150,17 +159,19 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         # flatten (not view): a channels_last (B, C, 1, 1) tensor is not view-compatible.
         return torch.flatten(self.avgpool(x), 1)
 
 
-def resnet18(width: float = 1.0, in_channels: int = 3, *, zero_init_residual: bool = False) -> ResNet:
-    """ResNet-18 (BasicBlock, 2-2-2-2), CIFAR stem; feature_dim = 512 * width."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), width, in_channels, zero_init_residual=zero_init_residual)
+def resnet18(width: float = 1.0, in_channels: int = 3, *, zero_init_residual: bool = False,
+             stem: Literal["cifar", "imagenet"] = "cifar") -> ResNet:
+    """ResNet-18 (BasicBlock, 2-2-2-2), CIFAR stem by default; feature_dim = 512 * width."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), width, in_channels, zero_init_residual=zero_init_residual, stem=stem)
 
 
-def resnet50(width: float = 1.0, in_channels: int = 3, *, zero_init_residual: bool = False) -> ResNet:
-    """ResNet-50 (Bottleneck x4, 3-4-6-3), CIFAR stem; feature_dim = 2048 * width."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), width, in_channels, zero_init_residual=zero_init_residual)
+def resnet50(width: float = 1.0, in_channels: int = 3, *, zero_init_residual: bool = False,
+             stem: Literal["cifar", "imagenet"] = "cifar") -> ResNet:
+    """ResNet-50 (Bottleneck x4, 3-4-6-3), CIFAR stem by default; feature_dim = 2048 * width."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), width, in_channels, zero_init_residual=zero_init_residual, stem=stem)

@@ -375,3 +375,12 @@ def test_real_tars_load_with_limit_per_class(data_root, tmp_path, name, shape):
         assert x.shape == (20, *shape)
         np.testing.assert_array_equal(y, np.repeat(np.arange(10), 2))
         assert x.std() > 10 and len({a.tobytes() for a in x}) == 20
+
+
+def test_evenly_spaced_spreads_positions_over_the_whole_range():
+    from shared.data import evenly_spaced
+
+    assert evenly_spaced(10, None).tolist() == list(range(10))
+    assert evenly_spaced(10, 3).tolist() == [0, 4, 9]  # 4.5 rounds half to even
+    assert evenly_spaced(5, 50).tolist() == list(range(5))
+    assert evenly_spaced(1000, 8).tolist() == np.unique(np.round(np.linspace(0, 999, 8))).astype(int).tolist()

@@ -101,12 +101,6 @@ def test_the_classic_rows_are_vicregs_op_alone_with_p_1():
     assert out.dtype == torch.uint8 and bool(changed.all())  # p = 1: every image is jittered
 
 
-def test_spread_covers_the_whole_set():
-    assert cost.spread(10, None).tolist() == list(range(10))
-    assert cost.spread(10, 3).tolist() == [0, 4, 9]  # 4.5 rounds half to even
-    assert cost.spread(5, 50).tolist() == list(range(5))
-
-
 def test_time_ratios():
     r = cost.time_ratios({"noise": 2.0, "mask": 10.0, "crop": 0.5})
     assert r == {"time_ratio_mask_noise": 5.0, "time_ratio_mask_crop": 20.0}

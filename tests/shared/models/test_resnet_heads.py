@@ -136,3 +136,18 @@ def test_backbone_plus_heads_forward_backward():
     assert z.shape == (4, 16)
     z.pow(2).mean().backward()
     assert all(p.grad is not None for p in list(backbone.parameters()) + list(head.parameters()))
+
+
+def test_imagenet_stem_is_torchvisions_and_keeps_the_state_dict_keys():
+    from torchvision.models import resnet18 as torchvision_resnet18
+
+
+    ours, theirs = resnet18(stem="imagenet").eval(), torchvision_resnet18().eval()
+    theirs.conv1.load_state_dict(ours.conv1.state_dict())
+    theirs.bn1.load_state_dict(ours.bn1.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    stem = lambda m: m.maxpool(m.relu(m.bn1(m.conv1(x))))  # noqa: E731
+    assert stem(ours).shape == (2, 64, 16, 16) and torch.allclose(stem(ours), stem(theirs))
+    assert ours.state_dict().keys() == resnet18().state_dict().keys()
+    with pytest.raises(ValueError, match="stem"):
+        resnet18(stem="tiny")
