@@ -115,6 +115,9 @@ class GameConfig:
     z_dim: int = 16  # z ~ U[0, 1]^z_dim (unstated; spec 2.C)
     critic_hidden: int = 512  # D_f, D_p: MLP on F's features (unstated; spec 2.C)
     lam: float = 10.0  # weight of the cycle losses l_r (unstated; CycleGAN's)
+    # G_A's and G_E's images as sigmoid(logit(x) + perceptron), identity at initialisation (models.GeneratorSpec):
+    # not the paper's plain perceptron; the mini sets it (the plain perceptrons did not learn in its budget)
+    skip: bool = False
     batch_size: int = 256
     # "momentum SGD with a learning rate of 3e-4 with a batch size of 256", 100 epochs of X~_f (24,345 images)
     train: AdversarialConfig = dataclasses.field(default_factory=lambda: AdversarialConfig(

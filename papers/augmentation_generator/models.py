@@ -33,6 +33,9 @@ class GeneratorSpec:
     layers: int = 4  # linear layers of each perceptron, the output layer included
     side: int = 28  # images are 1 x side x side
     channels: int = 1
+    # the image outputs add the perceptron's output to the input's logit, sigmoid(logit(x) + net(...)), with the
+    # last layer zero-initialised: identity at initialisation (what a U-Net's skips give; not the paper's perceptron)
+    skip: bool = False
 
     def __post_init__(self):
         if self.z_dim < 1 or self.hidden < 1 or self.layers < 2 or self.side < 1 or self.channels < 1:
@@ -45,7 +48,7 @@ class GeneratorSpec:
     @classmethod
     def from_game(cls, cfg) -> GeneratorSpec:
         """The spec of a `GameConfig` (28 x 28 one-channel images)."""
-        return cls(z_dim=cfg.z_dim, hidden=cfg.hidden, layers=cfg.layers)
+        return cls(z_dim=cfg.z_dim, hidden=cfg.hidden, layers=cfg.layers, skip=cfg.skip)
 
 
 def mlp(dims: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -58,6 +61,25 @@ def mlp(dims: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential
     return nn.Sequential(*layers)
 
 
+SKIP_EPS = 0.01  # logit(x) of an input clamped to [SKIP_EPS, 1 - SKIP_EPS]: finite for 0 and 1 pixels
+
+
+def zero_last(net: nn.Module) -> nn.Module:
+    """`net` with the weight and bias of its last Linear layer set to zero (its output starts at 0)."""
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return net
+
+
+def image_out(x: Tensor, logits: Tensor, skip: bool) -> Tensor:
+    """sigmoid(logits), or with `skip` sigmoid(logit(x) + logits): the image output, shaped as x."""
+    logits = logits.view_as(x)
+    if skip:
+        logits = logits + torch.logit(x.clamp(SKIP_EPS, 1 - SKIP_EPS))
+    return torch.sigmoid(logits)
+
+
 def _check_images(x: Tensor, spec: GeneratorSpec, who: str) -> None:
     want = (spec.channels, spec.side, spec.side)
     if x.ndim != 4 or tuple(x.shape[1:]) != want or not x.is_floating_point():
@@ -68,20 +90,23 @@ def _check_images(x: Tensor, spec: GeneratorSpec, who: str) -> None:
 class Augmenter(nn.Module):
     """G_A: X x Z -> X (eq. 5): a perceptron on [flattened x || z] -> a sigmoid image.
 
-    [784 + z_dim] -> 912 -> 912 -> 912 -> 784 with the paper's sizes.
+    [784 + z_dim] -> 912 -> 912 -> 912 -> 784 with the paper's sizes. With `spec.skip` the output is
+    sigmoid(logit(x) + net([x || z])), the last layer zero-initialised: G_A starts as the identity.
     """
 
     def __init__(self, spec: GeneratorSpec):
         super().__init__()
         self.spec = spec
         self.net = mlp([spec.pixels + spec.z_dim] + [spec.hidden] * (spec.layers - 1) + [spec.pixels])
+        if spec.skip:
+            zero_last(self.net)
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         _check_images(x, self.spec, "G_A")
         if z.shape != (x.shape[0], self.spec.z_dim):
             raise ValueError(f"G_A: expected z of shape ({x.shape[0]}, {self.spec.z_dim}), got {tuple(z.shape)}")
         h = torch.cat([x.flatten(1), z.to(x.dtype)], dim=1)
-        return torch.sigmoid(self.net(h)).view_as(x)
+        return image_out(x, self.net(h), self.spec.skip)
 
 
 class EliminatorPredictor(nn.Module):
@@ -89,7 +114,8 @@ class EliminatorPredictor(nn.Module):
 
     trunk 784 -> 912 -> 912 -> 912 (ReLU after each), then two heads: `eliminate` 912 -> 784
     (sigmoid image, G_E) and `latent` 912 -> z_dim (sigmoid, G_L, since z ~ U[0, 1]^z_dim).
-    `forward(x) -> (G_E(x), G_L(x))` runs the trunk once for both.
+    `forward(x) -> (G_E(x), G_L(x))` runs the trunk once for both. With `spec.skip`, G_E's image is
+    sigmoid(logit(x) + eliminate(h)), `eliminate` zero-initialised: G_E starts as the identity.
     """
 
     def __init__(self, spec: GeneratorSpec):
@@ -98,11 +124,13 @@ class EliminatorPredictor(nn.Module):
         self.trunk = nn.Sequential(mlp([spec.pixels] + [spec.hidden] * (spec.layers - 1)), nn.ReLU())
         self.eliminate = nn.Linear(spec.hidden, spec.pixels)
         self.latent = nn.Linear(spec.hidden, spec.z_dim)
+        if spec.skip:
+            zero_last(self.eliminate)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _check_images(x, self.spec, "G_E/G_L")
         h = self.trunk(x.flatten(1))
-        return torch.sigmoid(self.eliminate(h)).view_as(x), torch.sigmoid(self.latent(h))
+        return image_out(x, self.eliminate(h), self.spec.skip), torch.sigmoid(self.latent(h))
 
 
 class Critic(nn.Module):

@@ -17,7 +17,7 @@ from papers.augmentation_generator.config import GameConfig
 from papers.augmentation_generator.losses import (augmentation_game, balanced_accuracy, critic_loss,
                                                   cycle_losses, generator_objective, generator_terms,
                                                   nonsaturating_loss)
-from papers.augmentation_generator.models import (Augmenter, Critic, EliminatorPredictor, GeneratorSpec,
+from papers.augmentation_generator.models import (SKIP_EPS, Augmenter, Critic, EliminatorPredictor, GeneratorSpec,
                                                   build_players, load_generators, load_latents, save_generators,
                                                   save_latents)
 from shared.data import DeviceLoader
@@ -118,6 +118,30 @@ def test_models_have_the_papers_shape():
     assert D(torch.randn(5, 32)).shape == (5,) and any(isinstance(m, nn.LeakyReLU) for m in D.modules())
     with pytest.raises(ValueError, match="expected z of shape"):
         G_A(x, torch.rand(5, 3))
+
+
+def test_skip_generators_start_as_the_identity_and_then_learn_everywhere():
+    spec = GeneratorSpec(z_dim=4, hidden=16, skip=True)
+    torch.manual_seed(0)
+    G_A, G_EL = Augmenter(spec), EliminatorPredictor(spec)
+    x = torch.rand(6, 1, 28, 28)
+    x[:, :, :3] = 0.0  # black and white pixels, as in the data: clamped before the logit, so finite
+    x[:, :, -3:] = 1.0
+    z = torch.rand(6, 4)
+    expected = x.clamp(SKIP_EPS, 1 - SKIP_EPS)
+    torch.testing.assert_close(G_A(x, z), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(G_EL(x)[0], expected, rtol=0, atol=1e-6)
+    # the plain perceptron is not the identity
+    assert (Augmenter(GeneratorSpec(z_dim=4, hidden=16))(x, z) - x).abs().max() > 0.1
+    # zero-initialised last layers: one step moves them, after which every layer gets a gradient
+    target = torch.rand_like(x)
+    params = list(G_A.parameters()) + list(G_EL.parameters())
+    opt = torch.optim.SGD(params, lr=0.5)
+    for _ in range(2):
+        opt.zero_grad()
+        ((G_A(x, z) - target).abs().mean() + (G_EL(x)[0] - target).abs().mean() + G_EL(x)[1].mean()).backward()
+        opt.step()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 
 
 # ---------------------------------------------------------------- gradients
