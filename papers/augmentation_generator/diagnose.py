@@ -1,0 +1,113 @@
+"""Is F better than no F? kNN on raw pixels, on an untrained F and on given encoders (not a DVC stage).
+
+    python -m papers.augmentation_generator.diagnose --data papers/augmentation_generator/outputs/data \
+        --encoder pretrained=papers/augmentation_generator/outputs/pretrain/seed{seed}/encoder.pt \
+        --out papers/augmentation_generator/results/mini/diagnostics/f_knn.json
+
+For each seed of the scale (`runs.n_seeds`): the weighted kNN top-1 (%) of `evaluate.knn_k` neighbours at
+`evaluate.knn_temperature` (the evaluate stage's kNN, `shared.trainers.linear_eval.knn_accuracy`) with the
+dotted fine-tuning images as the train set and the clean (D -> C) and dotted (D -> D) test images, all 1,623
+characters; and on X_p itself (MNIST: a seeded 10,000 / 2,000 split of the pre-training images, its labels),
+a check that F learned anything about the data it was trained on. Scored: raw pixels (once), an untrained F
+(`pretrain.width`, initialised from the trial's run seed as the pretrain stage's F is) and every
+`--encoder NAME=PATH` (`{seed}` in PATH is the seed). The kNN of an encoder here equals the evaluate stage's
+`knn_top1` of the same encoder (same features, same function). Writes one JSON with the provenance.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from papers.augmentation_generator.config import PARAMS, EvaluateConfig, PretrainConfig, RunsConfig
+from papers.augmentation_generator.data import load_splits
+from papers.augmentation_generator.encoder import build_encoder, load_encoder
+from shared import checkpoint, config
+from shared.cli import run_stage, stage_parser
+from shared.io import atomic_write_text
+from shared.provenance import provenance
+from shared.stage import run_seed
+from shared.trainers.linear_eval import extract_features, knn_accuracy
+
+XP_TRAIN, XP_TEST = 10_000, 2_000  # the X_p kNN split (seeded, disjoint)
+
+
+def pixels(images: Tensor) -> Tensor:
+    """Flattened [0, 1] pixels as features."""
+    return images.flatten(1).float() / 255
+
+
+def scores(features, splits, xp_rows: tuple[Tensor, Tensor], cfg: EvaluateConfig) -> dict[str, float]:
+    """kNN top-1 (%) D -> C, D -> D (all characters) and on X_p (`xp_rows`: its train and test rows), with
+    `features(uint8 images) -> (N, d)`."""
+    knn = lambda tr, ytr, te, yte: knn_accuracy(tr, ytr, te, yte, k=cfg.knn_k,  # noqa: E731
+                                                temperature=cfg.knn_temperature)
+    fine_y, test_y = torch.as_tensor(splits.fine_y), torch.as_tensor(splits.test_y)
+    fine = features(torch.as_tensor(splits.fine_dotted))
+    xp, yp = torch.as_tensor(splits.xp), torch.as_tensor(splits.yp)
+    (train, test) = xp_rows
+    return {"d_to_c": knn(fine, fine_y, features(torch.as_tensor(splits.test_clean)), test_y),
+            "d_to_d": knn(fine, fine_y, features(torch.as_tensor(splits.test_dotted)), test_y),
+            "x_p": knn(features(xp[train]), yp[train], features(xp[test]), yp[test])}
+
+
+def encoder_features(encoder: nn.Module, device: torch.device):
+    return lambda images: extract_features(encoder, images, device).cpu()
+
+
+def run(args: argparse.Namespace) -> dict:
+    suite = config.load_suite(args.suite_params)
+    scale = suite.scale
+    runs = config.load_section(RunsConfig, args.params, "runs", scale)
+    width = config.load_section(PretrainConfig, args.params, "pretrain", scale).width
+    cfg = config.load_section(EvaluateConfig, args.params, "evaluate", scale)
+    named = dict(spec.split("=", 1) for spec in args.encoder)
+    torch.set_num_threads(suite.threads)  # as every stage: kNN sums depend on it
+    device = torch.device("cpu")
+    splits = load_splits(args.data)
+    if len(splits.xp) < XP_TRAIN + XP_TEST:
+        raise ValueError(f"X_p holds {len(splits.xp)} images, fewer than the {XP_TRAIN + XP_TEST} the X_p kNN needs")
+    rows = torch.randperm(len(splits.xp), generator=torch.Generator().manual_seed(0))
+    xp_rows = (rows[:XP_TRAIN], rows[XP_TRAIN:XP_TRAIN + XP_TEST])
+
+    out = {"scale": scale, "knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature, "width": width,
+           "pixels": scores(pixels, splits, xp_rows, cfg), "seeds": {}}
+    for seed in range(runs.n_seeds):
+        checkpoint.seed_everything(run_seed(suite.seed, seed))
+        row = {"untrained": scores(encoder_features(build_encoder(width), device), splits, xp_rows, cfg)}
+        for name, path in named.items():
+            path = Path(path.format(seed=seed))
+            row[name] = {**scores(encoder_features(load_encoder(path, device), device), splits, xp_rows, cfg),
+                         "encoder": str(path)}
+        out["seeds"][str(seed)] = row
+        print(f"seed {seed}: " + "; ".join(f"{k} {({m: round(v, 2) for m, v in r.items() if m != 'encoder'})}"
+                                            for k, r in row.items()), flush=True)
+    out["note"] = ("weighted kNN top-1 (%); d_to_c / d_to_d: train on the dotted fine-tuning images, test on the "
+                   "clean / dotted test images (1,623 characters); x_p: a seeded 10,000 / 2,000 split of the "
+                   "pre-training images with their labels; untrained: F of pretrain.width initialised from the "
+                   "trial's run seed")
+    out["provenance"] = provenance(device)
+    atomic_write_text(Path(args.out), json.dumps(out, indent=2) + "\n")
+    print(f"pixels: {out['pixels']}; wrote {args.out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__, PARAMS)
+    parser.add_argument("--data", type=Path, required=True, help="the prepare stage's folder (splits.npz)")
+    parser.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH",
+                        help="an encoder.pt to score ({seed} in PATH: the seed); repeatable")
+    parser.add_argument("--out", type=Path, required=True, help="the JSON to write")
+    args = parser.parse_args(argv)
+    for spec in args.encoder:
+        if "=" not in spec:
+            parser.error(f"--encoder takes NAME=PATH, got {spec!r}")
+    return run_stage(lambda: run(args), debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The F diagnostic: kNN of pixels, an untrained F and encoder files, against the naive kNN, and its JSON."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from papers.augmentation_generator import diagnose
+from papers.augmentation_generator.config import EvaluateConfig
+from papers.augmentation_generator.encoder import build_encoder, save_encoder
+
+
+class Splits:
+    """A tiny stand-in of data.load_splits: 6 characters x 3 drawers, X_p of 10 classes."""
+
+    def __init__(self, seed=0):
+        rng = np.random.default_rng(seed)
+        img = lambda n: rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)  # noqa: E731
+        self.fine_dotted, self.fine_y = img(18), np.repeat(np.arange(6), 3)
+        self.test_clean, self.test_dotted, self.test_y = img(12), img(12), np.repeat(np.arange(6), 2)
+        self.xp, self.yp = img(40), np.arange(40) % 10
+
+
+def naive_knn(train, train_y, test, test_y, k, t):
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    test = test / np.linalg.norm(test, axis=1, keepdims=True)
+    hits = 0
+    for x, y in zip(test, test_y):
+        sim = train @ x
+        top = np.argsort(-sim)[:k]
+        votes = {}
+        for i in top:
+            votes[train_y[i]] = votes.get(train_y[i], 0.0) + np.exp(sim[i] / t)
+        hits += max(votes, key=votes.get) == y
+    return 100 * hits / len(test)
+
+
+def test_pixel_scores_are_the_naive_knn():
+    s, cfg = Splits(), EvaluateConfig(knn_k=4, knn_temperature=0.5)
+    got = diagnose.scores(diagnose.pixels, s, (torch.arange(30), torch.arange(30, 40)), cfg)
+    f = lambda a: a.reshape(len(a), -1).astype(np.float64) / 255  # noqa: E731
+    assert got["d_to_c"] == pytest.approx(naive_knn(f(s.fine_dotted), s.fine_y, f(s.test_clean), s.test_y, 4, 0.5))
+    assert got["d_to_d"] == pytest.approx(naive_knn(f(s.fine_dotted), s.fine_y, f(s.test_dotted), s.test_y, 4, 0.5))
+    assert got["x_p"] == pytest.approx(naive_knn(f(s.xp[:30]), s.yp[:30], f(s.xp[30:]), s.yp[30:], 4, 0.5))
+
+
+def test_writes_untrained_and_encoder_rows(tmp_path, monkeypatch):
+    s = Splits()
+    monkeypatch.setattr(diagnose, "load_splits", lambda path: s)
+    monkeypatch.setattr(diagnose, "XP_TRAIN", 30)
+    monkeypatch.setattr(diagnose, "XP_TEST", 10)
+    torch.manual_seed(3)
+    save_encoder(tmp_path / "enc0.pt", build_encoder(1 / 16), 1 / 16)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("scale: smoke\nseed: 0\ndevice: cpu\nthreads: 1\n")
+    out = tmp_path / "f_knn.json"
+    assert diagnose.main(["--suite-params", str(suite), "--data", "unused", "--out", str(out),
+                          "--encoder", f"trained={tmp_path}/enc{{seed}}.pt"]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["seeds"]) == {"0"} and set(doc["seeds"]["0"]) == {"untrained", "trained"}
+    for row in (doc["pixels"], *doc["seeds"]["0"].values()):
+        assert {"d_to_c", "d_to_d", "x_p"} <= set(row) and all(0 <= row[k] <= 100 for k in ("d_to_c", "d_to_d", "x_p"))
+    assert doc["seeds"]["0"]["trained"]["encoder"].endswith("enc0.pt") and "commit" in doc["provenance"]
+    with pytest.raises(SystemExit):
+        diagnose.main(["--data", "x", "--out", str(out), "--encoder", "no-equals-sign"])
