@@ -11,7 +11,14 @@ characters; and on X_p itself (MNIST: a seeded 10,000 / 2,000 split of the pre-t
 a check that F learned anything about the data it was trained on. Scored: raw pixels (once), an untrained F
 (`pretrain.width`, initialised from the trial's run seed as the pretrain stage's F is) and every
 `--encoder NAME=PATH` (`{seed}` in PATH is the seed). The kNN of an encoder here equals the evaluate stage's
-`knn_top1` of the same encoder (same features, same function). Writes one JSON with the provenance.
+`knn_top1` of the same encoder (same features, same function).
+
+With `--generators PATH` (the game's generators.pt, `{seed}` the seed), where G_E's image differs from the
+clean one, split by pixel kind over all dotted fine-tuning images: `dot_ink` (mean of G_E(x~) on the dot pixels,
+where x~ differs from x: 1 keeps the dots, 0 removes them), `stroke_l1` (mean |G_E(x~) - x| on the character's
+pixels, x > 0: how much the character changed) and `background_ink` (mean of G_E(x~) where both x and x~ are
+0: what G_E adds), each beside the same number for x~ itself. The game's whole-image L1 mixes the three.
+Writes one JSON with the provenance.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from torch import Tensor, nn
 from papers.augmentation_generator.config import PARAMS, EvaluateConfig, PretrainConfig, RunsConfig
 from papers.augmentation_generator.data import load_splits
 from papers.augmentation_generator.encoder import build_encoder, load_encoder
+from papers.augmentation_generator.models import load_generators
 from shared import checkpoint, config
 from shared.cli import run_stage, stage_parser
 from shared.io import atomic_write_text
@@ -34,6 +42,7 @@ from shared.stage import run_seed
 from shared.trainers.linear_eval import extract_features, knn_accuracy
 
 XP_TRAIN, XP_TEST = 10_000, 2_000  # the X_p kNN split (seeded, disjoint)
+PATHS = ("encoder", "generators")  # the entries of a row that name its input file
 
 
 def pixels(images: Tensor) -> Tensor:
@@ -53,6 +62,27 @@ def scores(features, splits, xp_rows: tuple[Tensor, Tensor], cfg: EvaluateConfig
     return {"d_to_c": knn(fine, fine_y, features(torch.as_tensor(splits.test_clean)), test_y),
             "d_to_d": knn(fine, fine_y, features(torch.as_tensor(splits.test_dotted)), test_y),
             "x_p": knn(features(xp[train]), yp[train], features(xp[test]), yp[test])}
+
+
+@torch.no_grad()
+def eliminator_split(G_EL: nn.Module, dotted: Tensor, clean: Tensor, chunk: int = 1024) -> dict[str, float]:
+    """G_E's output on uint8 `dotted` images split by pixel kind against the uint8 `clean` ones (module docstring),
+    with the same numbers for the dotted images themselves ("dotted_*")."""
+    sums = {k: 0.0 for k in ("dot_ink", "stroke_l1", "background_ink", "dotted_dot_ink", "dotted_stroke_l1",
+                             "dotted_background_ink")}
+    counts = {"dot": 0, "stroke": 0, "background": 0}
+    for start in range(0, len(dotted), chunk):
+        d, c = (t[start:start + chunk].float() / 255 for t in (dotted, clean))
+        e = G_EL(d)[0]
+        masks = {"dot": d != c, "stroke": c > 0, "background": (c == 0) & (d == 0)}
+        for name, m in masks.items():
+            counts[name] += int(m.sum())
+        for prefix, img in (("", e), ("dotted_", d)):
+            sums[f"{prefix}dot_ink"] += img[masks["dot"]].sum().item()
+            sums[f"{prefix}stroke_l1"] += (img - c)[masks["stroke"]].abs().sum().item()
+            sums[f"{prefix}background_ink"] += img[masks["background"]].sum().item()
+    kind = lambda k: k.removeprefix("dotted_").split("_")[0]  # noqa: E731
+    return {k: v / max(counts[kind(k)], 1) for k, v in sums.items()}
 
 
 def encoder_features(encoder: nn.Module, device: torch.device):
@@ -83,13 +113,19 @@ def run(args: argparse.Namespace) -> dict:
             path = Path(path.format(seed=seed))
             row[name] = {**scores(encoder_features(load_encoder(path, device), device), splits, xp_rows, cfg),
                          "encoder": str(path)}
+        if args.generators:
+            path = Path(args.generators.format(seed=seed))
+            G_EL = load_generators(path, device)[1]
+            row["eliminator"] = {**eliminator_split(G_EL, torch.as_tensor(splits.fine_dotted),
+                                                    torch.as_tensor(splits.fine_clean)), "generators": str(path)}
         out["seeds"][str(seed)] = row
-        print(f"seed {seed}: " + "; ".join(f"{k} {({m: round(v, 2) for m, v in r.items() if m != 'encoder'})}"
+        print(f"seed {seed}: " + "; ".join(f"{k} {({m: round(v, 3) for m, v in r.items() if m not in PATHS})}"
                                             for k, r in row.items()), flush=True)
     out["note"] = ("weighted kNN top-1 (%); d_to_c / d_to_d: train on the dotted fine-tuning images, test on the "
                    "clean / dotted test images (1,623 characters); x_p: a seeded 10,000 / 2,000 split of the "
                    "pre-training images with their labels; untrained: F of pretrain.width initialised from the "
-                   "trial's run seed")
+                   "trial's run seed; eliminator: G_E(x~) on dot pixels (x~ != x), stroke pixels (x > 0) and "
+                   "background pixels (x = x~ = 0), beside x~ itself (dotted_*)")
     out["provenance"] = provenance(device)
     atomic_write_text(Path(args.out), json.dumps(out, indent=2) + "\n")
     print(f"pixels: {out['pixels']}; wrote {args.out}")
@@ -101,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="the prepare stage's folder (splits.npz)")
     parser.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH",
                         help="an encoder.pt to score ({seed} in PATH: the seed); repeatable")
+    parser.add_argument("--generators", default=None,
+                        help="the game's generators.pt ({seed} in PATH: the seed): G_E's dot / stroke / background split")
     parser.add_argument("--out", type=Path, required=True, help="the JSON to write")
     args = parser.parse_args(argv)
     for spec in args.encoder:

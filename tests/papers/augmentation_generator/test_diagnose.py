@@ -8,6 +8,7 @@ import torch
 from papers.augmentation_generator import diagnose
 from papers.augmentation_generator.config import EvaluateConfig
 from papers.augmentation_generator.encoder import build_encoder, save_encoder
+from papers.augmentation_generator.models import Augmenter, EliminatorPredictor, GeneratorSpec, save_generators
 
 
 class Splits:
@@ -18,6 +19,7 @@ class Splits:
         img = lambda n: rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)  # noqa: E731
         self.fine_dotted, self.fine_y = img(18), np.repeat(np.arange(6), 3)
         self.test_clean, self.test_dotted, self.test_y = img(12), img(12), np.repeat(np.arange(6), 2)
+        self.fine_clean = img(18)
         self.xp, self.yp = img(40), np.arange(40) % 10
 
 
@@ -51,15 +53,46 @@ def test_writes_untrained_and_encoder_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(diagnose, "XP_TEST", 10)
     torch.manual_seed(3)
     save_encoder(tmp_path / "enc0.pt", build_encoder(1 / 16), 1 / 16)
+    spec = GeneratorSpec(z_dim=2, hidden=8, skip=True)
+    save_generators(tmp_path / "gen0.pt", Augmenter(spec), EliminatorPredictor(spec))
     suite = tmp_path / "suite.yaml"
     suite.write_text("scale: smoke\nseed: 0\ndevice: cpu\nthreads: 1\n")
     out = tmp_path / "f_knn.json"
     assert diagnose.main(["--suite-params", str(suite), "--data", "unused", "--out", str(out),
-                          "--encoder", f"trained={tmp_path}/enc{{seed}}.pt"]) == 0
+                          "--encoder", f"trained={tmp_path}/enc{{seed}}.pt", "--generators",
+                          f"{tmp_path}/gen{{seed}}.pt"]) == 0
     doc = json.loads(out.read_text())
-    assert set(doc["seeds"]) == {"0"} and set(doc["seeds"]["0"]) == {"untrained", "trained"}
-    for row in (doc["pixels"], *doc["seeds"]["0"].values()):
+    assert set(doc["seeds"]) == {"0"} and set(doc["seeds"]["0"]) == {"untrained", "trained", "eliminator"}
+    # a skip G_E starts as the identity: it keeps what the dotted image has (up to the clamp to [0.01, 0.99])
+    elim = doc["seeds"]["0"]["eliminator"]
+    assert elim["dot_ink"] == pytest.approx(elim["dotted_dot_ink"], abs=0.01) and elim["dot_ink"] > 0.1
+    for row in (doc["pixels"], doc["seeds"]["0"]["untrained"], doc["seeds"]["0"]["trained"]):
         assert {"d_to_c", "d_to_d", "x_p"} <= set(row) and all(0 <= row[k] <= 100 for k in ("d_to_c", "d_to_d", "x_p"))
     assert doc["seeds"]["0"]["trained"]["encoder"].endswith("enc0.pt") and "commit" in doc["provenance"]
     with pytest.raises(SystemExit):
         diagnose.main(["--data", "x", "--out", str(out), "--encoder", "no-equals-sign"])
+
+
+def test_eliminator_split_by_pixel_kind():
+    clean = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    clean[:, :, 10:12, 5:20] = 255  # a stroke
+    dotted = clean.clone()
+    dotted[:, :, 2, 2] = 255  # a dot on the background
+    dotted[:, :, 25, 25] = 255
+
+    class Keep(torch.nn.Module):  # returns (image, z) as G_E / G_L do; the image is `fn(x)`
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x):
+            return self.fn(x), torch.zeros(len(x), 2)
+
+    same = diagnose.eliminator_split(Keep(lambda x: x), dotted, clean, chunk=1)
+    assert same["dot_ink"] == same["dotted_dot_ink"] == 1.0 and same["stroke_l1"] == 0.0
+    assert same["background_ink"] == same["dotted_background_ink"] == 0.0
+    clean_f = clean.float() / 255
+    perfect = diagnose.eliminator_split(Keep(lambda x: clean_f[:len(x)]), dotted, clean)
+    assert perfect["dot_ink"] == 0.0 and perfect["stroke_l1"] == 0.0 and perfect["background_ink"] == 0.0
+    gray = diagnose.eliminator_split(Keep(lambda x: torch.full_like(x, 0.25)), dotted, clean)
+    assert gray["dot_ink"] == gray["background_ink"] == 0.25 and gray["stroke_l1"] == 0.75
