@@ -43,9 +43,13 @@ CHECK_SEED = 0  # the U(0, 1) images of the energy check
 def energy_check(energy, test_x: torch.Tensor, buffer_images: torch.Tensor, n: int) -> dict[str, float]:
     """Mean energies of real (held-out, spread over the test split), buffer (the newest) and U(0, 1) images (n of
     each at most), and the AUCs of telling real from noise, real from buffer and buffer from noise by energy
-    (lower energy = judged more real)."""
+    (lower energy = judged more real). `test_x` and `buffer_images` are uint8 (N, C, H, W), oldest buffer row
+    first; the energy sees all three in [0, 1]."""
+    for name, x in (("test_x", test_x), ("buffer_images", buffer_images)):
+        if x.dtype != torch.uint8:
+            raise ValueError(f"energy_check: {name} must be uint8 images, got {x.dtype}")
     real = test_x[torch.linspace(0, len(test_x) - 1, min(n, len(test_x))).round().long().unique()].float() / 255
-    buffer = buffer_images[-n:].float().cpu()  # the newest samples
+    buffer = buffer_images[-n:].float().cpu() / 255  # the newest samples
     noise = torch.rand(n, *real.shape[1:], generator=torch.Generator().manual_seed(CHECK_SEED))
     e = {name: energies(energy, images) for name, images in (("real", real), ("buffer", buffer), ("noise", noise))}
     return {"e_real_test": float(e["real"].mean()), "e_buffer": float(e["buffer"].mean()),

@@ -377,3 +377,24 @@ def test_train_ebm_then_langevin_write_aligned_views_and_skip_markers(project):
     assert "not run at scale smoke" in records.read(other / "metrics.json").skipped
     assert not list(other.glob("step*.npy"))
     assert langevin.main([*common, "--chain", "nope", "--energy", str(energy_file), "--out", str(tmp / "n")]) == 2
+
+
+def test_energy_check_scores_buffer_and_real_images_on_the_same_scale():
+    class MeanEnergy(nn.Module):  # energy = mean pixel value: a scale error shows up at once
+        def __init__(self):
+            super().__init__()
+            self.unused = nn.Parameter(torch.zeros(()))  # gives the energy a device
+
+        def forward(self, x):
+            return x.flatten(1).mean(1)
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g)
+    # a buffer holding the same images as the held-out set: same energies, so no AUC can tell them apart
+    check = train_ebm.energy_check(MeanEnergy(), real, real.clone(), n=40)
+    assert check["e_buffer"] == pytest.approx(check["e_real_test"], rel=1e-6)
+    assert 0.45 <= check["e_real_test"] <= 0.55 and check["auc_real_vs_buffer"] == pytest.approx(0.5)
+    expected = roc_auc_score([1] * 40 + [0] * 40, -torch.cat([real, real]).float().div(255).flatten(1).mean(1).numpy())
+    assert check["auc_real_vs_buffer"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="buffer_images must be uint8"):
+        train_ebm.energy_check(MeanEnergy(), real, real.float() / 255, n=40)
