@@ -49,6 +49,9 @@ class DataConfig:
     drawer_split: Literal["first", "seeded"] = "first"  # first: drawers 0..14 fine-tune; seeded: a per-character draw
     split_seed: int = 0  # for drawer_split: seeded
     omniglot_limit_characters: int | None = None  # None: all 1,623 characters (smoke: a few)
+    # the specification's optional variant (not the paper's split): X_p = MNIST + every image of Omniglot's
+    # background alphabets (clean), X_f / X_t = the evaluation alphabets only (659 characters)
+    background_in_xp: bool = False
     dots: DotsConfig = dataclasses.field(default_factory=DotsConfig)
 
     def __post_init__(self):

@@ -309,16 +309,34 @@ class Splits:
 
 
 def build_splits(xp: Tensor, yp: Tensor, omniglot: Tensor, labels: Tensor, index: Tensor,
-                 cfg: DataConfig) -> Splits:
-    """X_p as given; the Omniglot images split by drawer (``cfg.drawer_split``) and dotted (``cfg.dots``)."""
+                 cfg: DataConfig, n_background: int | None = None) -> Splits:
+    """X_p as given; the Omniglot images split by drawer (``cfg.drawer_split``) and dotted (``cfg.dots``).
+
+    With ``cfg.background_in_xp`` the images of the first ``n_background`` characters (the background
+    alphabets, all 20 drawers, clean) join X_p, labelled ``10 + character`` (X_p's labels train nothing),
+    and only the other characters (the evaluation alphabets) are split into X_f / X_t; their labels stay
+    the combined-set characters, so ``n_classes`` is still the combined set's.
+    """
     if tuple(xp.shape[2:]) != tuple(omniglot.shape[2:]):
         raise ValueError(f"data.size {omniglot.shape[-1]}: X_p is {tuple(xp.shape[2:])}, Omniglot would be "
                          f"{tuple(omniglot.shape[2:])}; the encoder sees both, so they must match")
+    n_classes = int(labels.max()) + 1
+    if cfg.background_in_xp:
+        if n_background is None:
+            raise ValueError("data.background_in_xp needs the number of background characters")
+        background = labels < n_background
+        if background.all():
+            raise ValueError(f"data.background_in_xp: the {int(labels.max()) + 1} Omniglot characters kept are all "
+                             f"background ones (the first {n_background}): raise or remove "
+                             "data.omniglot_limit_characters so that evaluation characters remain")
+        xp = torch.cat([xp, omniglot[background]])
+        yp = torch.cat([yp, 10 + labels[background]])
+        omniglot, labels, index = omniglot[~background], labels[~background], index[~background]
     fine = torch.from_numpy(fine_mask(index.numpy(), cfg.fine_drawers, cfg.drawer_split, cfg.split_seed))
     dotted = add_dots(omniglot, index, cfg.dots)
     return Splits(xp=xp, yp=yp, fine_dotted=dotted[fine], fine_clean=omniglot[fine], fine_y=labels[fine],
                   fine_index=index[fine], test_clean=omniglot[~fine], test_dotted=dotted[~fine],
-                  test_y=labels[~fine], test_index=index[~fine], n_classes=int(labels.max()) + 1)
+                  test_y=labels[~fine], test_index=index[~fine], n_classes=n_classes)
 
 
 def save_splits(splits: Splits, f) -> None:

@@ -6,8 +6,9 @@
 
 For each seed of the scale (`runs.n_seeds`): the weighted kNN top-1 (%) of `evaluate.knn_k` neighbours at
 `evaluate.knn_temperature` (the evaluate stage's kNN, `shared.trainers.linear_eval.knn_accuracy`) with the
-dotted fine-tuning images as the train set and the clean (D -> C) and dotted (D -> D) test images, all 1,623
-characters; and on X_p itself (MNIST: a seeded 10,000 / 2,000 split of the pre-training images, its labels),
+dotted fine-tuning images as the train set and the clean (D -> C) and dotted (D -> D) test images, every
+character of the split (1,623; the evaluation alphabets' 659 with `data.background_in_xp`); and on X_p's MNIST
+images (a seeded 10,000 / 2,000 split of them, their labels),
 a check that F learned anything about the data it was trained on. Scored: raw pixels (once), an untrained F
 (`pretrain.width`, initialised from the trial's run seed as the pretrain stage's F is) and every
 `--encoder NAME=PATH` (`{seed}` in PATH is the seed). The kNN of an encoder here equals the evaluate stage's
@@ -99,9 +100,10 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(suite.threads)  # as every stage: kNN sums depend on it
     device = torch.device("cpu")
     splits = load_splits(args.data)
-    if len(splits.xp) < XP_TRAIN + XP_TEST:
-        raise ValueError(f"X_p holds {len(splits.xp)} images, fewer than the {XP_TRAIN + XP_TEST} the X_p kNN needs")
-    rows = torch.randperm(len(splits.xp), generator=torch.Generator().manual_seed(0))
+    mnist = torch.nonzero(torch.as_tensor(splits.yp) < 10).flatten()  # X_p's MNIST images (labels 0-9)
+    if len(mnist) < XP_TRAIN + XP_TEST:
+        raise ValueError(f"X_p holds {len(mnist)} MNIST images, fewer than the {XP_TRAIN + XP_TEST} the X_p kNN needs")
+    rows = mnist[torch.randperm(len(mnist), generator=torch.Generator().manual_seed(0))]
     xp_rows = (rows[:XP_TRAIN], rows[XP_TRAIN:XP_TRAIN + XP_TEST])
 
     out = {"scale": scale, "knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature, "width": width,
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"seed {seed}: " + "; ".join(f"{k} {({m: round(v, 3) for m, v in r.items() if m not in PATHS})}"
                                             for k, r in row.items()), flush=True)
     out["note"] = ("weighted kNN top-1 (%); d_to_c / d_to_d: train on the dotted fine-tuning images, test on the "
-                   "clean / dotted test images (1,623 characters); x_p: a seeded 10,000 / 2,000 split of the "
+                   "clean / dotted test images (every character of the split); x_p: a seeded 10,000 / 2,000 split of the "
                    "pre-training images with their labels; untrained: F of pretrain.width initialised from the "
                    "trial's run seed; eliminator: G_E(x~) on dot pixels (x~ != x), stroke pixels (x > 0) and "
                    "background pixels (x = x~ = 0), beside x~ itself (dotted_*)")

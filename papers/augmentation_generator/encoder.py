@@ -111,13 +111,15 @@ class DownstreamMonitor:
     """``monitor(encoder) -> {"knn_d_to_c", "knn_d_to_d"}``: weighted-kNN top-1 (%) of F's features.
 
     Train set: X~_f (dotted fine-tuning images); test sets X_t^C (clean) and X_t^D (dotted), all restricted
-    to the characters ``y < cfg.classes``. A curve to watch only: nothing is selected by it.
+    to the first ``cfg.classes`` characters of the fine-tuning set. A curve to watch only: nothing is
+    selected by it.
     """
 
     def __init__(self, fine: tuple[Tensor, Tensor], test_clean: Tensor, test_dotted: Tensor, test_y: Tensor,
                  cfg: MonitorConfig, device: torch.device, batch_size: int = 512):
-        keep_f = slice(None) if cfg.classes is None else fine[1] < cfg.classes
-        keep_t = slice(None) if cfg.classes is None else test_y < cfg.classes
+        first = None if cfg.classes is None else torch.unique(fine[1])[:cfg.classes]
+        keep_f = slice(None) if first is None else torch.isin(fine[1], first)
+        keep_t = slice(None) if first is None else torch.isin(test_y, first)
         self.fine_x, self.fine_y = fine[0][keep_f], fine[1][keep_f].to(device)
         self.test = {"d_to_c": test_clean[keep_t], "d_to_d": test_dotted[keep_t]}
         self.test_y = test_y[keep_t].to(device)

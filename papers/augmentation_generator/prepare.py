@@ -64,11 +64,13 @@ def describe(splits: ag_data.Splits, cfg: DataConfig, n_background: int) -> tupl
                 for name, y in (("fine", splits.fine_y), ("test", splits.test_y))}
     count, _, _ = ag_data.dot_layout(splits.fine_index.numpy(), cfg.dots, *splits.fine_clean.shape[-2:])
     changed = float((splits.fine_dotted != splits.fine_clean).float().mean())
-    polarity = {"xp": ag_data.check_polarity(splits.xp, "X_p (MNIST train)"),
+    polarity = {"xp": ag_data.check_polarity(splits.xp, "X_p (MNIST train"
+                                             + (" + Omniglot background)" if cfg.background_in_xp else ")")),
                 "omniglot_fine_clean": ag_data.check_polarity(splits.fine_clean, "Omniglot (resized)"),
                 "omniglot_fine_dotted": ag_data.polarity(splits.fine_dotted)}
     counts = {"xp": len(splits.yp), "xp_classes": int(splits.yp.max()) + 1 if len(splits.yp) else 0,
               "characters": splits.n_classes, "background_characters": n_background,
+              "split_characters": int(splits.fine_y.unique().numel()),
               "fine": len(splits.fine_y), "test": len(splits.test_y),
               "fine_per_character": sorted(set(per_char["fine"].tolist())),
               "test_per_character": sorted(set(per_char["test"].tolist()))}
@@ -86,9 +88,10 @@ def describe(splits: ag_data.Splits, cfg: DataConfig, n_background: int) -> tupl
                  "max_count": int(count.max()), "fine_pixels_changed": changed},
         "polarity": polarity,
         "pretrain_set": cfg.pretrain_set, "pretrain_limit_per_class": cfg.pretrain_limit_per_class,
+        "background_in_xp": cfg.background_in_xp,
         "omniglot_limit_characters": cfg.omniglot_limit_characters,
     }
-    metrics = {"xp_images": counts["xp"], "characters": counts["characters"], "fine_images": counts["fine"],
+    metrics = {"xp_images": counts["xp"], "characters": counts["split_characters"], "fine_images": counts["fine"],
                "test_images": counts["test"], "dots_mean_count": meta["dots"]["mean_count"],
                "dots_fine_pixels_changed": changed, "ink_fraction_xp": polarity["xp"]["ink_fraction"],
                "ink_fraction_omniglot": polarity["omniglot_fine_clean"]["ink_fraction"],
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> dict:
     xp, yp = ag_data.load_pretrain(args.mnist, cfg)
     omniglot, labels, index, n_background = ag_data.load_omniglot(args.omniglot, cfg.size,
                                                                   cfg.omniglot_limit_characters)
-    splits = ag_data.build_splits(xp, yp, omniglot, labels, index, cfg)
+    splits = ag_data.build_splits(xp, yp, omniglot, labels, index, cfg, n_background)
     meta, metrics = describe(splits, cfg, n_background)
     meta["sources"] = {"mnist": _source(Path(args.mnist), ("train",)),
                        "omniglot": _source(Path(args.omniglot), ag_data.OMNIGLOT_SPLITS)}
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         stage.write_metrics(metrics)
         log.log_dict(meta, "meta.json")
     c = meta["counts"]
-    print(f"prepare: X_p {c['xp']} images; Omniglot {c['characters']} characters -> fine {c['fine']} / test "
+    print(f"prepare: X_p {c['xp']} images; Omniglot {c['split_characters']} characters -> fine {c['fine']} / test "
           f"{c['test']} ({cfg.drawer_split} {cfg.fine_drawers} drawers); {meta['dots']['mean_count']:.1f} dots per "
           f"image -> {stage.out} ({stage.scale}, {time.perf_counter() - began:.1f} s)")
     return meta

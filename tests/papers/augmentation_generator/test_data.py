@@ -346,3 +346,44 @@ def test_the_stage_writes_splits_meta_grid_and_record(tmp_path):
         np.testing.assert_array_equal(value, splits.arrays()[name])
     # a missing input is one line naming the file and how to make it
     assert prepare.main(argv[:1] + [str(tmp_path / "nowhere")] + argv[2:]) == 2
+
+
+def test_background_in_xp_moves_the_background_characters_into_x_p():
+    """The specification's optional variant: X_p gains every background image (clean); X_f / X_t keep only the
+    evaluation characters, split and dotted exactly as in the full split."""
+    chars, n_background = 5, 3
+    x = ag_data.area_resize(_strokes(chars * 20), 28)
+    labels, index = torch.arange(chars * 20) // 20, torch.arange(chars * 20)
+    xp, yp = ag_data.area_resize(_strokes(30, seed=7), 28), torch.arange(30) % 10
+    full = ag_data.build_splits(xp, yp, x, labels, index, _cfg(), n_background)
+    variant = ag_data.build_splits(xp, yp, x, labels, index, _cfg(background_in_xp=True), n_background)
+    assert torch.equal(variant.xp, torch.cat([xp, x[:60]])) and torch.equal(variant.yp[30:], 10 + labels[:60])
+    assert set(variant.fine_y.tolist()) == set(variant.test_y.tolist()) == {3, 4} and variant.n_classes == 5
+    keep = full.fine_y >= n_background
+    for name in ("fine_dotted", "fine_clean", "fine_y", "fine_index"):
+        assert torch.equal(getattr(variant, name), getattr(full, name)[keep])
+    keep = full.test_y >= n_background
+    for name in ("test_dotted", "test_clean", "test_y", "test_index"):
+        assert torch.equal(getattr(variant, name), getattr(full, name)[keep])
+    assert not torch.isin(variant.fine_index, torch.arange(60)).any()  # no dotted background image anywhere
+    with pytest.raises(ValueError, match="evaluation characters remain"):
+        ag_data.build_splits(xp, yp, x[:60], labels[:60], index[:60], _cfg(background_in_xp=True), n_background)
+    with pytest.raises(ValueError, match="number of background characters"):
+        ag_data.build_splits(xp, yp, x, labels, index, _cfg(background_in_xp=True))
+
+
+def test_monitor_keeps_the_first_characters_of_the_fine_tuning_set():
+    """The kNN monitor's `classes` counts the split's own characters, also when they do not start at 0 (the
+    evaluation alphabets of data.background_in_xp start at 964)."""
+    from papers.augmentation_generator.config import MonitorConfig
+    from papers.augmentation_generator.encoder import DownstreamMonitor
+    fine_y, test_y = torch.arange(964, 969).repeat_interleave(3), torch.arange(964, 969)
+    fine_x = torch.zeros(15, 1, 4, 4, dtype=torch.uint8)
+    test_x = torch.zeros(5, 1, 4, 4, dtype=torch.uint8)
+    monitor = DownstreamMonitor((fine_x, fine_y), test_x, test_x, test_y, MonitorConfig(classes=2),
+                                torch.device("cpu"))
+    assert monitor.fine_y.tolist() == [964] * 3 + [965] * 3 and monitor.test_y.tolist() == [964, 965]
+    assert len(monitor.test["d_to_c"]) == len(monitor.test["d_to_d"]) == 2
+    every = DownstreamMonitor((fine_x, fine_y), test_x, test_x, test_y, MonitorConfig(classes=None),
+                              torch.device("cpu"))
+    assert len(every.fine_y) == 15 and len(every.test_y) == 5
