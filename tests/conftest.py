@@ -160,14 +160,34 @@ def dvc():
     return run_dvc
 
 
+FID_CHUNKS = "data/fid_stats/chunks"  # the fid_stats stages' persisted feature chunks (shared/fid_stats.py)
+
+
+@pytest.fixture(scope="session")
+def shared_dvc_store(tmp_path_factory) -> Path:
+    """What the paper pipelines of a test session (of a worker, under pytest-xdist) share: ``cache/``, one
+    DVC cache, and ``fid_chunks/``, the first pipeline's Inception feature chunks of the smoke splits."""
+    return tmp_path_factory.mktemp("dvc_shared")
+
+
 @pytest.fixture
-def smoke_project(tmp_path):
-    """``smoke_project(packages=("shared",), **params) -> Path``: a DVC project in ``tmp_path``.
+def smoke_project(tmp_path, shared_dvc_store):
+    """``smoke_project(packages=("shared",), shared_cache=False, **params) -> Path``: a DVC project in
+    ``tmp_path``.
 
     It holds the repository's top-level files and ``packages`` (without outputs or results), and a
     ``params.yaml`` at scale smoke with ``params`` overriding top-level keys.
+
+    With ``shared_cache`` (the paper pipelines) the shared stages are not recomputed in every test: the
+    project's DVC cache is the session's (``dvc cache dir --local``, so not in a git clone of the
+    project), and a stage another test ran with the same code, data and params is restored from DVC's
+    run cache; the fid_stats stages (a persisted output: DVC keeps no run cache for them) start from the
+    feature chunks the session's first pipeline saved, which they check against the detector and images
+    they were made from, and resume. Tests of the shared stages themselves leave it off.
     """
-    def make(packages=("shared",), **overrides):
+    made = []
+
+    def make(packages=("shared",), shared_cache=False, **overrides):
         shutil.copy(REPO_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
         for package in packages:
             shutil.copytree(REPO_ROOT / package, tmp_path / package,
@@ -176,8 +196,18 @@ def smoke_project(tmp_path):
         params.update(scale="smoke", **overrides)
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         assert run_dvc(["init", "--no-scm", "-q"], tmp_path).returncode == 0
+        if shared_cache:
+            cache = run_dvc(["cache", "dir", "--local", str(shared_dvc_store / "cache")], tmp_path)
+            assert cache.returncode == 0, cache.stderr
+            if (shared_dvc_store / "fid_chunks").is_dir():
+                shutil.copytree(shared_dvc_store / "fid_chunks", tmp_path / FID_CHUNKS)
+            made.append(tmp_path)
         return tmp_path
-    return make
+
+    yield make
+    for project in made:  # the first pipeline that computed the chunks leaves them to the next
+        if (project / FID_CHUNKS).is_dir() and not (shared_dvc_store / "fid_chunks").exists():
+            shutil.copytree(project / FID_CHUNKS, shared_dvc_store / "fid_chunks")
 
 
 def _git(args, cwd):

@@ -96,6 +96,9 @@ class GANStageConfig:
     width: float = 1.0
     z_dim: int = 128
     latent_prior: Literal["normal", "uniform"] = "normal"
+    # DiffAugment on every D input: "" none (the default at every scale), "color,translation,cutout" its
+    # setting for 10% of CIFAR-10 (a probe of it at mini is in the README)
+    policy: str = ""
     train: GANConfig = dataclasses.field(default_factory=lambda: GANConfig(
         steps=100000, batch_size=64, lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), r1_gamma=0.0, r1_interval=0,
         style_mixing_prob=0.0, mirror=False, ema_kimg=0.0, ema_start_kimg=0.0, log_every=100, sample_every=5000,

@@ -7,12 +7,14 @@ Its D is read back by `discriminator.load_discriminator`.
 
 The slides say only "pretrained discriminators" (no architecture, data or layer). The package trains one GAN
 on the SSL training set (unlabelled), with the suite's GAN trainer: SNDCGAN G and an SNDCGAN (or SNResNet-18)
-D, the non-saturating loss without augmentation, section `gan` of params.yaml (`GANStageConfig`). It is
+D, the non-saturating loss (with DiffAugment `gan.policy` on D's inputs if set; none by default), section
+`gan` of params.yaml (`GANStageConfig`). It is
 trained once (the suite seed), not per SSL seed. Writes in `--out`: the trainer's checkpoint, `best.pt` and
 `samples/step_*.png`, and `discriminator.pt` (D at the end of training: the SSL stage's prior), and the record
 `metrics.json` with
 
 - the FID of G during training (`fid_<kind>`, in-domain unless `gan.metrics.inception_weights` names a file),
+  with D's kNN top-1 (below) at every evaluation in the history,
 - whether D has learned what the SSL stage uses it for: the weighted kNN top-1 (%) of D's penultimate features
   on the test set against the training set, for the trained D (`d_knn_acc`) and for the same architecture at
   its initialisation (`d_knn_acc_init`), and D's accuracy at telling training images from G's samples
@@ -45,17 +47,21 @@ KNN_TEMPERATURE = 0.1
 
 
 @torch.no_grad()
+def d_knn(D: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], device: torch.device) -> float:
+    """Weighted kNN top-1 (%) of D's penultimate features, test set against training set."""
+    was_training = D.training
+    f = DiscriminatorFeatures(D)
+    train_f = extract_features(f, train[0], device)
+    test_f = extract_features(f, test[0], device)
+    D.train(was_training)
+    return knn_accuracy(train_f, train[1].to(device), test_f, test[1].to(device), KNN_K, KNN_TEMPERATURE)
+
+
+@torch.no_grad()
 def d_checks(D: nn.Module, D_init: nn.Module, G_ema: nn.Module, train: tuple[Tensor, Tensor],
              test: tuple[Tensor, Tensor], cfg: GANStageConfig, device: torch.device, seed: int) -> dict[str, float]:
     """kNN top-1 of the trained and the initial D's features, and D's real / fake accuracy (see the module doc)."""
-    out = {}
-    for key, net in (("d_knn_acc", D), ("d_knn_acc_init", D_init)):
-        was_training = net.training
-        f = DiscriminatorFeatures(net)
-        train_f = extract_features(f, train[0], device)
-        test_f = extract_features(f, test[0], device)
-        out[key] = knn_accuracy(train_f, train[1].to(device), test_f, test[1].to(device), KNN_K, KNN_TEMPERATURE)
-        net.train(was_training)
+    out = {"d_knn_acc": d_knn(D, train, test, device), "d_knn_acc_init": d_knn(D_init, train, test, device)}
     n = min(len(train[0]), 2000)
     fakes = sample_images(G_ema, n, 500, seed, device, z_dim=cfg.z_dim, latent_prior=cfg.latent_prior)
     was_training = D.training
@@ -82,14 +88,18 @@ def run(args: argparse.Namespace) -> dict:
     G, D, D_init = to_device(G, device), to_device(D, device), to_device(D_init, device)
     scorer, final_scorer = metrics.gan_scorers(test_x.numpy(), cfg.metrics, device, reference="CIFAR-10 test set")
     train_cfg = dataclasses.replace(cfg.train, best_key=f"fid_{scorer.kind}")
-    evaluate = fid_evaluate(scorer, cfg.fid_samples, 500, device, cfg.z_dim, latent_prior=cfg.latent_prior)
+    fid = fid_evaluate(scorer, cfg.fid_samples, 500, device, cfg.z_dim, latent_prior=cfg.latent_prior)
+
+    def evaluate(G_ema: nn.Module, step: int) -> dict[str, float]:  # D's kNN too: when it learns, if it does
+        return {**fid(G_ema, step), "d_knn_acc": d_knn(D, (train_x, train_y), (test_x, test_y), device)}
     final_evaluate = None if final_scorer is None else fid_evaluate(
         final_scorer, cfg.metrics.inception_samples, 500, device, cfg.z_dim, latent_prior=cfg.latent_prior)
     label = scorer.label if final_scorer is None else {"during_training": scorer.label,
                                                        "final_best_g_ema": final_scorer.label}
-    resolved = {"gan": config.to_dict(cfg), "data": str(args.data), "fid": label}
+    method = nonsaturating(cfg.policy)
+    resolved = {"gan": config.to_dict(cfg), "method": method.name, "data": str(args.data), "fid": label}
     with stage.tracked(resolved, "train_gan") as log:
-        result = train_gan(train_cfg, G, D, nonsaturating(""), loader, out_dir=stage.out, logger=log, device=device,
+        result = train_gan(train_cfg, G, D, method, loader, out_dir=stage.out, logger=log, device=device,
                            z_dim=cfg.z_dim, latent_prior=cfg.latent_prior, evaluate=evaluate,
                            final_evaluate=final_evaluate)
         checkpoint.save(stage.out / DISCRIMINATOR_FILE, {
@@ -100,8 +110,8 @@ def run(args: argparse.Namespace) -> dict:
         if result.final is not None:
             best.update({k: v for k, v in result.final.items() if k.startswith("fid_")})
         headline = {**best, **checks}
-        record = stage.record(headline, discriminator=cfg.discriminator, width=cfg.width, fid=label,
-                              fid_samples=cfg.fid_samples, best_step=(result.best or {}).get("step"),
+        record = stage.record(headline, discriminator=cfg.discriminator, width=cfg.width, method=method.name,
+                              fid=label, fid_samples=cfg.fid_samples, best_step=(result.best or {}).get("step"),
                               history=result.history, steps=result.steps, train_seconds=round(result.train_seconds),
                               knn={"k": KNN_K, "temperature": KNN_TEMPERATURE, "features": "D.features (penultimate)"})
         stage.write(record, logger=log)

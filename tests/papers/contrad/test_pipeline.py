@@ -28,7 +28,8 @@ PINNED = {  # (run, metrics file) -> metrics
 
 
 def test_contrad_pipeline_at_smoke_scale(smoke_project, dvc, snapshot, data_root, remote_roundtrip):
-    project = smoke_project(packages=("shared", "papers"), tracking={"backend": "none", "uri": None})
+    project = smoke_project(packages=("shared", "papers"), shared_cache=True,
+                            tracking={"backend": "none", "uri": None})
 
     # the README's literal command: the alias stage (the contrad matrix is 85 stages: a busy machine gets 30 min)
     run = dvc(["repro", "papers/contrad"], project, timeout=1800)

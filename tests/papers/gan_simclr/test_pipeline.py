@@ -26,7 +26,8 @@ PINNED_CURVES = {  # run -> linear_test_acc at epochs 1, 2
 
 
 def test_gan_simclr_pipeline_at_smoke_scale(smoke_project, dvc, snapshot, data_root):
-    project = smoke_project(packages=("shared", "papers"), tracking={"backend": "none", "uri": None})
+    project = smoke_project(packages=("shared", "papers"), shared_cache=True,
+                            tracking={"backend": "none", "uri": None})
 
     run = dvc(["repro", "papers/gan_simclr"], project)  # the README's literal command: the alias stage
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

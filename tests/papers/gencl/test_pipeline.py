@@ -9,7 +9,8 @@ P = "papers/gencl"
 
 
 def test_gencl_pipeline_at_smoke_scale(smoke_project, dvc, data_root):
-    project = smoke_project(packages=("shared", "papers"), tracking={"backend": "none", "uri": None})
+    project = smoke_project(packages=("shared", "papers"), shared_cache=True,
+                            tracking={"backend": "none", "uri": None})
 
     run = dvc(["repro", P], project, timeout=1800)  # the README's literal command: the alias stage
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -9,7 +9,8 @@ P = "papers/generative_prior"
 
 
 def test_generative_prior_pipeline_at_smoke_scale(smoke_project, dvc, data_root):
-    project = smoke_project(packages=("shared", "papers"), tracking={"backend": "none", "uri": None})
+    project = smoke_project(packages=("shared", "papers"), shared_cache=True,
+                            tracking={"backend": "none", "uri": None})
 
     run = dvc(["repro", P], project, timeout=1800)  # the README's literal command: the alias stage
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -26,6 +27,8 @@ def test_generative_prior_pipeline_at_smoke_scale(smoke_project, dvc, data_root)
     assert "skipped" in json.loads((out / "langevin/std2/metrics.json").read_text())  # not run at smoke
     gan = json.loads((out / "gan/metrics.json").read_text())
     assert {"d_knn_acc", "d_knn_acc_init", "d_real_fake_acc"} <= set(gan["metrics"])
+    assert gan["method"] == "diffaugment[color,translation,cutout]"  # scales.smoke.gan.policy
+    assert [0 <= h["d_knn_acc"] <= 100 for h in gan["history"]] == [True, True]  # D's kNN at steps 2 and 4
 
     # one process per run, its seeds inside: seed 0 ran, seeds 1 and 2 are skip markers at smoke
     simclr = json.loads((out / "pretrain/simclr_default/seed0/metrics.json").read_text())
