@@ -5,6 +5,7 @@ modules need lives here as a fixture.
 """
 import ast
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -161,6 +162,21 @@ def dvc():
 
 
 FID_CHUNKS = "data/fid_stats/chunks"  # the fid_stats stages' persisted feature chunks (shared/fid_stats.py)
+
+
+@pytest.fixture(scope="session")
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC", ...; platform.processor() where /proc/cpuinfo has none).
+
+    A training run's numbers are bit-repeatable on one kind of CPU but not across kinds (the kernels torch
+    picks differ in rounding, and a few training steps amplify it), so numbers pinned from a pipeline are
+    pinned per CPU model."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 @pytest.fixture(scope="session")

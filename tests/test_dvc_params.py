@@ -97,6 +97,13 @@ READS = {
         Section(CONTRAD, "train", TrainStageConfig, only=("architectures",),
                 keyed=(("architectures", r"--run \S+/([a-z0-9]+)_"),)),
         Section(CONTRAD, "evaluate", EvaluateConfig)]),
+    # Table 1's StyleGAN2 block: the same commands with --architecture stylegan2 (its own matrix of methods)
+    "papers/contrad/dvc.yaml:train_stylegan2": (SEEDED, [
+        Section(CONTRAD, "train", TrainStageConfig, keyed=(("architectures", r"--architecture (\w+)"),))]),
+    "papers/contrad/dvc.yaml:evaluate_stylegan2": (UNSEEDED, [
+        Section(CONTRAD, "train", TrainStageConfig, only=("architectures",),
+                keyed=(("architectures", r"--run \S+/([a-z0-9]+)_"),)),
+        Section(CONTRAD, "evaluate", EvaluateConfig)]),
     "papers/contrad/dvc.yaml:report": ((), []),
     # augmentation_generator: prepare and evaluate draw nothing from the suite seed (data.split_seed, data.dots.seed,
     # evaluate.linear.seed); the training stages are seeded by it

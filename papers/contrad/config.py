@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
+from shared import config
 from shared.metrics import MetricsConfig
+from shared.models.stylegan2 import PRESETS as STYLEGAN2_PRESETS
 from shared.trainers.gan import GANConfig, check_latent_prior
 from shared.trainers.linear_eval import LinearEvalConfig
 from shared.views import SimCLRViewConfig
 
 PARAMS = Path(__file__).with_name("params.yaml")
 
-ARCHITECTURES = ("sndcgan", "snresnet18")  # D; G is SNDCGAN for both (Table 1's first two blocks)
+# D; G is SNDCGAN for the first two (Table 1's first two blocks), StyleGAN2's G for StyleGAN2's D (its third block)
+ARCHITECTURES = ("sndcgan", "snresnet18", "stylegan2")
+STYLEGAN2_METHODS = ("baseline", "diffaugment", "contrad", "simclr")  # Table 1's StyleGAN2 block and Table 3's rows
 # diffaugment: Table 1's DiffAug row as labelled ("Trans, CutOut"); diffaugment_cc: the policy the official command
 # runs for that row (EXPERIMENTS.md `--aug=diffaug` -> augment/__init__.py `diffaug()`: "color,cutout"), an extra row;
 # cr / bcr: consistency regularisation (Table 1's CR and bCR rows); simclr: D trained by L_con+ alone (Table 3)
@@ -37,17 +42,39 @@ def _paper_train() -> GANConfig:
 
 @dataclasses.dataclass
 class ArchitectureConfig:
-    width: float = 1.0  # channel multiplier of G and D (paper: 1)
+    width: float = 1.0  # channel multiplier of G and D (paper: 1); SN-GANs only
     z_dim: int = 128
     score_hidden: int = 512  # hidden width of ContraD's heads (official d_hidden)
     latent_prior: str = "uniform"  # G_SNDCGAN.sample_latent: z ~ U(-1, 1)^z_dim ("normal": N(0, I))
+    preset: str | None = None  # StyleGAN2 only: shared.models.stylegan2.PRESETS entry (z_dim overrides its own)
+    # keys of `train` (a GANConfig) this architecture sets differently: StyleGAN2's official optimiser and
+    # regularisers; they override `train` at every scale, so a scale's `train` overrides must repeat them here
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         check_latent_prior(self.latent_prior)
+        if self.preset is not None and self.preset not in STYLEGAN2_PRESETS:
+            raise ValueError(f"preset must be one of {sorted(STYLEGAN2_PRESETS)}, got {self.preset!r}")
+        if unknown := sorted(set(self.train) - {f.name for f in dataclasses.fields(GANConfig)}):
+            raise ValueError(f"train: unknown GANConfig keys {unknown}")
+
+
+def _stylegan2_train() -> dict[str, Any]:
+    # README `train_stylegan2.py configs/gan/stylegan2/c10_style64.gin stylegan2 --mode=contrad --aug=simclr
+    # --lbd_r1=0.1 --no_lazy --halflife_k=1000 --use_warmup`: batch 64, 800k steps, Adam 0.002 (0, 0.99),
+    # non-saturating; R1 gamma 0.1 on every D step at the augmented reals; G_ema half-life 1000 kimg, started at
+    # 1000 kimg; style mixing 0.9 (--style_mix); the 3000-step warm-up (gan.gin); the `cifar10_hflip` dataset
+    return dict(steps=800_000, batch_size=64, lr_g=0.002, lr_d=0.002, betas=(0.0, 0.99), r1_gamma=0.1,
+                r1_interval=1, r1_input="augmented", style_mixing_prob=0.9, mirror=True, warmup_steps=3000,
+                ema_kimg=1000.0, ema_start_kimg=1000.0)
 
 
 def _paper_architectures() -> dict[str, ArchitectureConfig]:
-    return {"sndcgan": ArchitectureConfig(score_hidden=512), "snresnet18": ArchitectureConfig(score_hidden=1024)}
+    # StyleGAN2: models/gan/__init__.py `stylegan2` (small32 channels 512-512-256-128, n_mlp 8, style dim 512,
+    # heads of d_hidden 512 on the 8192-d flattened conv output, N(0, I) latents)
+    return {"sndcgan": ArchitectureConfig(score_hidden=512), "snresnet18": ArchitectureConfig(score_hidden=1024),
+            "stylegan2": ArchitectureConfig(z_dim=512, score_hidden=512, latent_prior="normal", preset="paper",
+                                            train=_stylegan2_train())}
 
 
 @dataclasses.dataclass
@@ -71,6 +98,14 @@ class TrainStageConfig:
     # repeated with noise, 0.000 for an untrained G) is below this; the report leaves such runs out. 0: never.
     collapse_threshold: float = 0.1
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+
+    def train_for(self, architecture: str) -> GANConfig:
+        """`train` with the architecture's own keys (`architectures.<architecture>.train`) over it."""
+        overrides = self.architectures[architecture].train
+        if not overrides:
+            return self.train
+        return config.build(GANConfig, {**config.to_dict(self.train), **overrides},
+                            source="papers/contrad/params.yaml", prefix=f"train.architectures.{architecture}.train.")
 
     def __post_init__(self):
         for name, allowed, values in (("run_architectures", ARCHITECTURES, self.run_architectures),

@@ -3,6 +3,8 @@
     python -m papers.contrad.train --architecture sndcgan --method contrad --seed 0 \
         --out papers/contrad/outputs/train/sndcgan_contrad_seed0
 
+Architectures: D = `sndcgan` or `snresnet18` with SNDCGAN's G, and `stylegan2` (StyleGAN2's G and D, trained with
+the official StyleGAN2 settings in `architectures.stylegan2.train`: `TrainStageConfig.train_for`).
 Methods: `baseline` (non-saturating, no augmentation), `diffaugment` (DiffAugment
 translation,cutout on every D input: Table 1's label), `diffaugment_cc` (DiffAugment color,cutout:
 the official command's policy for that row, an extra row), `cr` (the baseline plus consistency regularisation on
@@ -35,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 import torch
 
@@ -96,9 +97,10 @@ def run(args: argparse.Namespace) -> dict | None:
     if reason := skipped_reason(cfg, args.architecture, args.method, args.seed, stage.scale):
         return stage.skip(reason)
     device = stage.device
+    train = cfg.train_for(args.architecture)  # StyleGAN2 has its own optimiser and regularisers
 
     x, y = data.load_prepared(args.prepared, "train")
-    loader = data.DeviceLoader(torch.from_numpy(x), torch.from_numpy(y), batch_size=cfg.train.batch_size,
+    loader = data.DeviceLoader(torch.from_numpy(x), torch.from_numpy(y), batch_size=train.batch_size,
                                shuffle=True, drop_last=True, seed=stage.seed, device=device)
     G, D = build_models(args.architecture, args.method, cfg)
     G, D = to_device(G, device), to_device(D, device)
@@ -108,12 +110,12 @@ def run(args: argparse.Namespace) -> dict | None:
     # what each run used, in its record: D's colour jitter (None: the method does not use the views) and G's prior
     jitter = cfg.views.jitter if args.method in CONTRASTIVE else None
 
-    evaluate, final_evaluate, scorer, final_scorer, train_cfg = None, None, None, None, cfg.train
+    evaluate, final_evaluate, scorer, final_scorer, train_cfg = None, None, None, None, train
     if method.g_loss is not None:  # a D-only run has no generator worth scoring
         test_x, _ = data.load_prepared(args.prepared, "test")
         scorer, final_scorer = metrics.gan_scorers(test_x, cfg.metrics, device, reference="CIFAR-10 test set",
                                                    diversity=True)
-        train_cfg = dataclasses.replace(cfg.train, best_key=f"fid_{scorer.kind}")
+        train_cfg = dataclasses.replace(train, best_key=f"fid_{scorer.kind}")
         evaluate = fid_evaluate(scorer, cfg.fid_samples, 500, device, z_dim, latent_prior=latent_prior)
         if final_scorer is not None:
             final_evaluate = fid_evaluate(final_scorer, cfg.metrics.inception_samples, 500, device, z_dim,
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> dict | None:
 
     resolved = {"architecture": args.architecture, "method": args.method, "seed": args.seed,
                 "latent_prior": latent_prior, "jitter": jitter,
-                "train": config.to_dict(cfg), "fid": None if scorer is None else scorer.label if final_scorer is None
+                "train": config.to_dict(cfg), "gan": config.to_dict(train), "fid": None if scorer is None else scorer.label if final_scorer is None
                 else {"during_training": scorer.label, "final_best_g_ema": final_scorer.label}}
     name = f"{args.architecture}_{args.method}"
     with stage.tracked(resolved, f"train/{name}/seed{args.seed}", architecture=args.architecture,
@@ -145,7 +147,7 @@ def run(args: argparse.Namespace) -> dict | None:
             fid_samples=cfg.fid_samples, **described, **collapse,
             reference_is=None if scorer is None else scorer.reference_is,
             best=at_best, history=result.history, steps=result.steps,
-            kimg=result.steps * cfg.train.batch_size / 1000,
+            kimg=result.steps * train.batch_size / 1000,
             train_seconds=round(result.train_seconds))  # the checkpoint's: a re-run of a finished one says the same
         stage.write(record, logger=log)
         stage.write_plot("fid" if scorer is None else f"fid_{scorer.kind}", result.history)  # D only: none

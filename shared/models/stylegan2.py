@@ -82,20 +82,21 @@ PRESETS: dict[str, StyleGAN2Config] = {
 }
 
 
-def stylegan2(cfg: StyleGAN2Config) -> tuple["Generator", "Discriminator"]:
-    """A (Generator, Discriminator) pair built from one config."""
+def stylegan2(cfg: StyleGAN2Config, d_head: bool = True) -> tuple["Generator", "Discriminator"]:
+    """A (Generator, Discriminator) pair built from one config; `d_head=False`: D without its FC and output
+    layers (`Discriminator(head=False)`), for a method that brings its own heads."""
     G = Generator(cfg.z_dim, cfg.w_dim, cfg.resolution, cfg.img_channels, cfg.channel_base,
                   cfg.channel_max, cfg.map_layers)
     D = Discriminator(cfg.resolution, cfg.img_channels, cfg.channel_base, cfg.channel_max,
-                      cfg.mbstd_group, cfg.d_architecture)
+                      cfg.mbstd_group, cfg.d_architecture, head=d_head)
     return G, D
 
 
-def stylegan2_cifar(scale: str, **overrides) -> tuple["Generator", "Discriminator"]:
+def stylegan2_cifar(scale: str, d_head: bool = True, **overrides) -> tuple["Generator", "Discriminator"]:
     """The preset `scale` ("paper", "ada_cifar", "mini", "smoke") with field overrides."""
     if scale not in PRESETS:
         raise ValueError(f"unknown StyleGAN2 preset {scale!r}; known: {sorted(PRESETS)}")
-    return stylegan2(dataclasses.replace(PRESETS[scale], **overrides))
+    return stylegan2(dataclasses.replace(PRESETS[scale], **overrides), d_head=d_head)
 
 
 def channels(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -407,12 +408,14 @@ class Discriminator(nn.Module):
     """StyleGAN2 discriminator; `forward(x)` -> logits (B,), `features(x)` -> (B, feature_dim).
 
     `features` is the output of the FC layer after the last conv, the input of the
-    output layer (ContraD puts its heads there; its official StyleGAN2 D instead has no
-    FC layer and gives its heads the flattened 4x4 conv output, 16 x channels wide).
+    output layer. With `head=False` the FC and output layers are not built and `features`
+    is the flattened 4x4 conv output (16 x channels wide): the trunk ContraD's official
+    StyleGAN2 D (`ResidualDiscriminatorP.penultimate`) hands to its own heads.
     """
 
     def __init__(self, img_resolution: int = 32, img_channels: int = 3, channel_base: int = 4096,
-                 channel_max: int = 512, mbstd_group: int = 4, architecture: Literal["resnet", "orig"] = "resnet"):
+                 channel_max: int = 512, mbstd_group: int = 4, architecture: Literal["resnet", "orig"] = "resnet",
+                 head: bool = True):
         super().__init__()
         ch = lambda r: channels(r, channel_base, channel_max)  # noqa: E731
         self.img_resolution, self.img_channels, self.mbstd_group = img_resolution, img_channels, mbstd_group
@@ -424,17 +427,19 @@ class Discriminator(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         c4 = ch(4)
         self.conv = EqualConv2d(c4 + 1, c4, 3, activation="lrelu")
-        self.fc = EqualLinear(c4 * 4 * 4, c4, activation="lrelu")
-        self.out = EqualLinear(c4, 1)
-        self.feature_dim = c4
+        self.fc = EqualLinear(c4 * 4 * 4, c4, activation="lrelu") if head else None
+        self.out = EqualLinear(c4, 1) if head else None
+        self.feature_dim = c4 if head else c4 * 4 * 4
 
     def features(self, x: Tensor) -> Tensor:
         r = self.img_resolution
         assert x.ndim == 4 and x.shape[1:] == (self.img_channels, r, r), \
             f"expected images (B, {self.img_channels}, {r}, {r}), got {tuple(x.shape)}"
         x = self.blocks(self.from_rgb(x))
-        x = self.conv(minibatch_stddev(x, self.mbstd_group))
-        return self.fc(x.flatten(1))
+        x = self.conv(minibatch_stddev(x, self.mbstd_group)).flatten(1)
+        return x if self.fc is None else self.fc(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.out is None:
+            raise RuntimeError("this discriminator was built with head=False; use features(x) and your own head")
         return self.out(self.features(x)).squeeze(1)

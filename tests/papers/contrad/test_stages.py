@@ -8,7 +8,7 @@ from scipy import stats
 from torch import nn
 
 from shared import records
-from papers.contrad.config import METHODS, TrainStageConfig
+from papers.contrad.config import METHODS, ArchitectureConfig, TrainStageConfig
 from papers.contrad.evaluate import linear_eval_of_d, table1_cell
 from shared.models.sngan import DiscriminatorFeatures
 from papers.contrad.method import ContraDDiscriminator
@@ -278,3 +278,41 @@ def test_report_leaves_a_collapsed_seed_out_and_puts_color_cutout_beside_diffaug
     legend = [t.get_text() for t in fid_over_training(sorted(eval_dir.rglob("table1_fid.json")), "mini")
               .axes[0].get_legend().get_texts()]
     assert "ContraD (SimCLR augmentation) (n=2, 1 collapsed left out)" in legend
+
+
+def test_the_stylegan2_block_uses_the_official_stylegan2_settings_and_heads_on_the_flattened_conv_output():
+    from papers.contrad.config import PARAMS, STYLEGAN2_METHODS
+    from shared import config
+    cfg = config.load_section(TrainStageConfig, PARAMS, "train", "paper")
+    sg2 = cfg.train_for("stylegan2")  # the README's StyleGAN2 + ContraD command over c10_style64.gin
+    assert (sg2.steps, sg2.batch_size, sg2.lr_g, sg2.lr_d, sg2.betas) == (800_000, 64, 0.002, 0.002, (0.0, 0.99))
+    assert (sg2.r1_gamma, sg2.r1_interval, sg2.r1_input, sg2.style_mixing_prob) == (0.1, 1, "augmented", 0.9)
+    assert (sg2.mirror, sg2.warmup_steps, sg2.ema_kimg, sg2.ema_start_kimg) == (True, 3000, 1000.0, 1000.0)
+    assert cfg.train_for("sndcgan") is cfg.train and cfg.train.batch_size == 512  # the SN-GANs keep `train`
+    assert (sg2.log_every, sg2.eval_every) == (cfg.train.log_every, cfg.train.eval_every)  # the rest is `train`'s
+    smoke = config.load_section(TrainStageConfig, PARAMS, "train", "smoke").train_for("stylegan2")
+    assert (smoke.steps, smoke.batch_size, smoke.lr_g) == (6, 16, 0.002)
+    mini = config.load_section(TrainStageConfig, PARAMS, "train", "mini")
+    assert "stylegan2" in skipped_reason(mini, "stylegan2", "contrad", 0, "mini")
+    assert set(STYLEGAN2_METHODS) <= set(METHODS)
+    with pytest.raises(ValueError, match="unknown GANConfig keys"):
+        TrainStageConfig(architectures={"stylegan2": ArchitectureConfig(preset="smoke", train={"lr": 1.0})})
+    with pytest.raises(ValueError, match="preset"):
+        ArchitectureConfig(preset="huge")
+
+    small = TrainStageConfig(architectures={"stylegan2": ArchitectureConfig(
+        z_dim=32, score_hidden=16, latent_prior="normal", preset="smoke")}, run_architectures=["stylegan2"])
+    G, D = build_models("stylegan2", "baseline", small)
+    assert not isinstance(D, ContraDDiscriminator) and D.out is not None and G.z_dim == 32
+    torch.manual_seed(0)
+    G, D = build_models("stylegan2", "contrad", small)
+    assert isinstance(D, ContraDDiscriminator) and D.backbone.fc is None and D.feature_dim == 32 * 16
+    assert D.heads.score[0].in_features == 32 * 16 and D.heads.proj_pos[0].out_features == 16
+    assert not any(nn.utils.parametrize.is_parametrized(m) for m in D.modules())  # no spectral norm
+    # ContraD's D step on StyleGAN2: every parameter of D learns (trunk from L_con, h_d from L_dis), G does not
+    from papers.contrad.method import contrad_d_loss
+    real, fake = torch.rand(4, 3, 32, 32) * 2 - 1, G(torch.randn(4, 32))
+    loss, _ = contrad_d_loss(D, real, fake, augment=lambda x: x)
+    loss.backward()
+    assert [n for n, p in D.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+    assert all(p.grad is None for p in G.parameters())

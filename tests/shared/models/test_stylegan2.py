@@ -174,3 +174,22 @@ def test_generator_default_arguments_are_the_paper_preset():
         Gp, Dp = stylegan2(PRESETS["paper"])
     assert sum(p.numel() for p in G.parameters()) == sum(p.numel() for p in Gp.parameters())
     assert sum(p.numel() for p in D.parameters()) == sum(p.numel() for p in Dp.parameters())
+
+
+def test_a_headless_discriminator_gives_the_flattened_conv_output_and_has_no_output_layers():
+    torch.manual_seed(0)
+    _, D = stylegan2_cifar("smoke")
+    torch.manual_seed(0)
+    _, trunk = stylegan2_cifar("smoke", d_head=False)
+    c4 = PRESETS["smoke"].channel_max
+    assert (trunk.fc, trunk.out, trunk.feature_dim) == (None, None, c4 * 4 * 4)
+    # the same trunk (the shared layers draw the same initial weights): D's features are its FC over the trunk's
+    assert {n for n, _ in D.named_parameters()} - {n for n, _ in trunk.named_parameters()} == {
+        "fc.weight", "fc.bias", "out.weight", "out.bias"}
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        flat = trunk.features(x)
+        assert flat.shape == (4, c4 * 16)
+        torch.testing.assert_close(D.fc(flat), D.features(x))
+    with pytest.raises(RuntimeError, match="head=False"):
+        trunk(x)
