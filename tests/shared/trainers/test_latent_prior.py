@@ -141,7 +141,7 @@ def test_contrad_rows_use_the_official_uniform_prior_at_every_scale():
     assert ArchitectureConfig().latent_prior == "uniform"
     for scale in ("paper", "mini", "smoke"):
         cfg = config.load_section(TrainStageConfig, PARAMS, "train", scale)
-        assert {a: c.latent_prior for a, c in cfg.architectures.items()} == {"sndcgan": "uniform",
-                                                                          "snresnet18": "uniform"}, scale
+        assert {a: c.latent_prior for a, c in cfg.architectures.items()} == {
+            "sndcgan": "uniform", "snresnet18": "uniform", "stylegan2": "normal"}, scale  # rosinality's randn
     with pytest.raises(ValueError, match="latent_prior"):
         ArchitectureConfig(latent_prior="gaussian")
