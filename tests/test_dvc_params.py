@@ -135,7 +135,8 @@ READS = {
     "papers/generative_prior/dvc.yaml:pretrain": (SEEDED, [
         Section(GP, "runs", generative_prior.RunsConfig),
         Section(GP, "pretrain", GPPretrainConfig, keyed=(("runs", r"--run (\w+)"),)),
-        Section(GP, "langevin", LangevinConfig, only=("chains", "run_chains"))]),
+        Section(GP, "langevin", LangevinConfig, only=("chains", "run_chains")),
+        Section(GP, "gan", generative_prior.GANStageConfig, only=("discriminator", "width", "z_dim"))]),
     "papers/generative_prior/dvc.yaml:report": ((), []),
     # gencl: encoding tokens and the IC-GAN's features are deterministic; the noise augmentation's z is seeded by
     # icgan.augment.seed and the row; the in-painting's draws by the suite seed and the row

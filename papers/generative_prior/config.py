@@ -26,15 +26,16 @@ METHODS = ("simclr", "byol")
 LANGEVIN_MODES = ("aux_loss", "add_to_dataset", "both")
 
 # Every pre-training run the package knows: the cells of the slides' six tables, the two baselines and the
-# step-0 control. One name per DVC matrix entry (dvc.yaml lists the same names); a scale runs the subset named
+# two controls: the step-0 Langevin view (I_0 alone) and the D view from D at its initialisation (`discinit`).
+# One name per DVC matrix entry (dvc.yaml lists the same names); a scale runs the subset named
 # in `pretrain.run_names` and writes skip markers for the rest. Decimal points are written `p` (0.01 -> 0p01).
 RUN_NAMES = (
     "simclr_baseline", "simclr_default", "simclr_steps0", "simclr_steps5", "simclr_steps10", "simclr_steps20",
     "simclr_alpha0p5", "simclr_alpha0p7", "simclr_std0p5", "simclr_std2", "simclr_stepsize5", "simclr_stepsize20",
-    "simclr_disc0p001", "simclr_disc0p01", "simclr_disc0p1",
+    "simclr_disc0p001", "simclr_disc0p01", "simclr_disc0p1", "simclr_discinit0p01",
     "byol_baseline", "byol_default", "byol_steps0", "byol_steps5", "byol_steps10", "byol_steps20",
     "byol_alpha0p5", "byol_alpha0p7", "byol_lambda0p001", "byol_lambda0p1",
-    "byol_disc0p01", "byol_disc0p1", "byol_disc1",
+    "byol_disc0p01", "byol_disc0p1", "byol_disc1", "byol_discinit0p1",
 )
 
 
@@ -70,6 +71,9 @@ class DiscUse:
     """Idea #2: the frozen GAN discriminator's features of an augmented view as another view."""
     coeff: float = 0.01  # weight of the discriminator-view loss
     head: Literal["trainable", "fixed_random"] = "trainable"  # h_D: trained, or a fixed random projection
+    # which D: "trained" the train_gan stage's D at the end of training (the slides' idea); "init" the same D at
+    # its initialisation (a control: random convolutional features of the architecture, no GAN prior)
+    source: Literal["trained", "init"] = "trained"
 
     def __post_init__(self):
         if self.coeff < 0:

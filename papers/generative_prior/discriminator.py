@@ -1,6 +1,8 @@
 """The frozen GAN discriminator of idea #2: the file the `train_gan` stage writes, and how it is read back.
 
 Kept apart from the stage (``gan.py``) so the pre-training stage reads D without importing another stage.
+``initial_discriminator`` rebuilds the same D at its initialisation (the control view: random convolutional
+features of the same architecture, no GAN training).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from torch import nn
 
 from shared import checkpoint
 from shared.device import to_device
+from shared.stage import run_seed
 from shared.models.sngan import sngan
 
 DISCRIMINATOR_FILE = "discriminator.pt"
@@ -32,6 +35,27 @@ def load_discriminator(path: str | Path, device: torch.device | str = "cpu") -> 
     except (KeyError, RuntimeError) as err:
         raise checkpoint.CheckpointError(f"{path}: not a discriminator written by papers.generative_prior.gan "
                                          f"({type(err).__name__}: {err})") from err
+    return frozen(D, device)
+
+
+def initial_discriminator(discriminator: str, width: float, z_dim: int, suite_seed: int,
+                          device: torch.device | str = "cpu") -> nn.Module:
+    """The train_gan stage's D as it was before its first step, frozen like ``load_discriminator``'s.
+
+    The stage seeds every RNG with trial 0's seed of ``suite_seed`` (``shared.stage.start``) and then builds G
+    and D (``sngan``) before anything else draws; this repeats that under a forked RNG, so the caller's stream
+    is untouched. ``tests/papers/generative_prior/test_discriminator.py`` checks it against the D the stage
+    hands its trainer.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run_seed(suite_seed, 0))
+        _, D = sngan(discriminator, width=width, z_dim=z_dim)
+    return frozen(D, device)
+
+
+def frozen(D: nn.Module, device: torch.device | str) -> nn.Module:
+    """``D`` on ``device`` in eval mode (spectral norm's power iteration runs only in training mode), every
+    parameter without gradient."""
     D = to_device(D, device).eval()
     for p in D.parameters():
         p.requires_grad_(False)

@@ -49,9 +49,9 @@ import torch
 from torch import Tensor
 
 from papers.generative_prior import data as gp_data
-from papers.generative_prior.discriminator import load_discriminator
-from papers.generative_prior.config import (PARAMS, RUN_NAMES, DiscUse, LangevinUse, RunSpec, RunsConfig,
-                                            check_run_name)
+from papers.generative_prior.discriminator import initial_discriminator, load_discriminator
+from papers.generative_prior.config import (PARAMS, RUN_NAMES, DiscUse, GANStageConfig, LangevinUse, RunSpec,
+                                            RunsConfig, check_run_name)
 from papers.generative_prior.ebm import LangevinConfig, snapshot_file
 from papers.generative_prior.methods import MethodConfig, build_method
 from shared import checkpoint, config
@@ -75,14 +75,14 @@ ENCODER_FORMAT = "generative_prior/encoder"
 def _run_spec(name: str) -> RunSpec:
     """The spec a run name stands for: ``<method>_baseline``, ``_default`` (the slides' default Langevin view),
     ``_steps<N>`` (snapshot N of the default chain), ``_alpha<a>`` / ``_std<s>`` / ``_stepsize<s>`` (the chain of
-    that name), ``_lambda<l>`` (lambda), ``_disc<c>`` (the discriminator view's coefficient); ``p`` is the
-    decimal point."""
+    that name), ``_lambda<l>`` (lambda), ``_disc<c>`` (the discriminator view's coefficient), ``_discinit<c>``
+    (the same with D at its initialisation: the control); ``p`` is the decimal point."""
     method, variant = name.split("_", 1)
     if variant == "baseline":
         return RunSpec(method=method)
     if variant == "default":
         return RunSpec(method=method, langevin=LangevinUse())
-    match = re.fullmatch(r"(stepsize|steps|alpha|std|lambda|disc)([0-9p]+)", variant)
+    match = re.fullmatch(r"(stepsize|steps|alpha|std|lambda|discinit|disc)([0-9p]+)", variant)
     if match is None:
         raise ValueError(f"run name {name!r} follows no known pattern")
     kind, number = match.groups()
@@ -93,6 +93,8 @@ def _run_spec(name: str) -> RunSpec:
         return RunSpec(method=method, langevin=LangevinUse(lam=value))
     if kind == "disc":
         return RunSpec(method=method, disc=DiscUse(coeff=value))
+    if kind == "discinit":
+        return RunSpec(method=method, disc=DiscUse(coeff=value, source="init"))
     return RunSpec(method=method, langevin=LangevinUse(chain=variant))  # alpha0p5, std2, stepsize20, ...
 
 
@@ -255,7 +257,13 @@ def run(args: argparse.Namespace) -> dict | None:
         # loading D draws a random init before its weights are read: outside the run's RNG stream, so that runs
         # with and without a prior start from the same encoder and heads under one seed
         with torch.random.fork_rng(devices=[]):
-            disc = load_discriminator(args.discriminator, device)
+            if spec.disc.source == "trained":
+                disc = load_discriminator(args.discriminator, device)
+            else:  # the control: train_gan's D before its first step (section `gan`, the suite seed)
+                gan = stage.section(GANStageConfig, args.params, "gan")
+                disc = initial_discriminator(gan.discriminator, gan.width, gan.z_dim, stage.suite.seed, device)
+    d_file = None if disc is None else (str(args.discriminator) if spec.disc.source == "trained"
+                                        else "none: train_gan's D at initialisation (section gan, the suite seed)")
     loader = EqualStepsLoader(rows_x, rows_y, real_rows=n_real, batch_size=ssl.batch_size, shuffle=True,
                               seed=stage.seed, device=device)
     pipeline = PipelineConfig.from_simclr(cfg.views)
@@ -277,7 +285,7 @@ def run(args: argparse.Namespace) -> dict | None:
                 "heads": config.to_dict(cfg.heads), "ssl": config.to_dict(ssl), "views": config.to_dict(cfg.views),
                 "evaluate": config.to_dict(cfg.evaluate), "data": str(args.data),
                 "langevin": None if langevin_path is None else str(langevin_path),
-                "discriminator": None if disc is None else str(args.discriminator)}
+                "discriminator": d_file}
     with stage.tracked(resolved, f"pretrain/{name}/seed{args.seed}", table="runs", row=name) as log:
         result = train_ssl(ssl, method, views, loader, out_dir=stage.out, logger=log, device=device,
                            evaluate=evaluate)
@@ -293,7 +301,7 @@ def run(args: argparse.Namespace) -> dict | None:
             epochs=ssl.epochs, steps_per_epoch=len(loader), batch_size=ssl.batch_size,
             linear_train_acc=final["linear_train_acc"], feature_dim=encoder.feature_dim,
             langevin=None if source is None else {"file": str(langevin_path), "meta": source.meta.get("meta")},
-            discriminator=None if disc is None else {"file": str(args.discriminator),
+            discriminator=None if disc is None else {"file": d_file, "source": spec.disc.source,
                                                      "head": spec.disc.head, "features": "D.features(2 v - 1)"})
         stage.write(record, logger=log)
         stage.write_metrics(record.metrics)

@@ -37,6 +37,9 @@ def test_generative_prior_pipeline_at_smoke_scale(smoke_project, dvc, data_root)
     assert "skipped" in json.loads((out / "pretrain/simclr_default/seed1/metrics.json").read_text())
     byol_d = json.loads((out / "pretrain/byol_disc0p1/seed0/metrics.json").read_text())
     assert byol_d["run"]["disc"]["coeff"] == 0.1 and byol_d["discriminator"]["head"] == "trainable"
+    assert byol_d["discriminator"]["source"] == "trained"
+    control = json.loads((out / "pretrain/byol_discinit0p1/seed0/metrics.json").read_text())  # D at initialisation
+    assert control["run"]["disc"]["source"] == "init" and control["discriminator"]["file"].startswith("none")
     assert "skipped" in json.loads((out / "pretrain/byol_lambda0p1/seed0/metrics.json").read_text())
     flat = json.loads((out / "metrics/pretrain/simclr_default.json").read_text())
     assert set(flat) == {"seed0/linear_eval_acc", "seed0/knn_acc"}
@@ -49,5 +52,6 @@ def test_generative_prior_pipeline_at_smoke_scale(smoke_project, dvc, data_root)
         Image.open(results / name).verify()
     claims = json.loads((results / "claims.json").read_text())
     assert set(claims["verdicts"].values()) == {"inconclusive"}  # one seed: nothing can be tested
+    assert summary["extra_rows"]["byol_discinit0p1"]["n"] == 1
     assert (results / "runs/pretrain/simclr_default/seed0/metrics.json").is_file()
     assert "up to date" in dvc(["status", f"{P}/dvc.yaml"], project).stdout

@@ -91,3 +91,43 @@ def test_d_checks_score_features_and_real_fake_accuracy():
     assert out["d_knn_acc"] == pytest.approx(100.0) and out["d_knn_acc_init"] == pytest.approx(100.0)
     assert 0.0 <= out["d_real_fake_acc"] <= 100.0
     assert D.training and D_init.training  # the checks leave the nets' modes as they were
+
+
+class _Built(Exception):
+    """Stops the train_gan stage once it has built its nets."""
+
+
+def test_initial_discriminator_is_the_d_the_gan_stage_starts_from(tmp_path, monkeypatch):
+    """The `discinit` control's D: the stage's own start (its seeding, its data loading) and then G and D, caught
+    as `sngan` returns them, against `initial_discriminator` under the same suite seed; another seed differs."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"scale": "smoke", "seed": 7, "device": "cpu", "threads": 1,
+                                     "tracking": {"backend": "none", "uri": None}}))
+    params = tmp_path / "gp_params.yaml"
+    params.write_text(yaml.safe_dump({"data": {"per_class": 4, "subset_seed": 3, "test_per_class": 2},
+                                      "gan": {"width": 0.125, "z_dim": 16, "train": {"batch_size": 8}},
+                                      "scales": {"smoke": {"data": {}, "gan": {}}}}))
+    data = tmp_path / "data"
+    assert prepare.main(["--suite-params", str(suite), "--params", str(params),
+                         "--prepared", str(_prepared(tmp_path / "prepared")), "--out", str(data)]) == 0
+    built = {}
+
+    def catch(*args, **kw):
+        built["G"], built["D"] = sngan(*args, **kw)
+        raise _Built
+
+    monkeypatch.setattr(gan, "sngan", catch)
+    with pytest.raises(_Built):
+        gan.main(["--suite-params", str(suite), "--params", str(params), "--data", str(data),
+                  "--out", str(tmp_path / "g")])
+    rebuilt = discriminator.initial_discriminator("sndcgan", 0.125, 16, suite_seed=7)
+    assert not rebuilt.training and not any(p.requires_grad for p in rebuilt.parameters())
+    expected = built["D"].state_dict()
+    assert rebuilt.state_dict().keys() == expected.keys()
+    for key, value in rebuilt.state_dict().items():  # weights and spectral norm's u, v vectors
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    other = discriminator.initial_discriminator("sndcgan", 0.125, 16, suite_seed=8).state_dict()
+    assert not all(torch.equal(v, other[k]) for k, v in expected.items())
+    before = torch.get_rng_state()  # the caller's RNG stream is untouched
+    discriminator.initial_discriminator("sndcgan", 0.125, 16, suite_seed=7)
+    assert torch.equal(torch.get_rng_state(), before)

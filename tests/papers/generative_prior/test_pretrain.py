@@ -57,9 +57,11 @@ def project(tmp_path, suite_params, restore_threads):
     params.write_text(yaml.safe_dump({
         "runs": {"n_seeds": 1},
         "langevin": {"run_chains": ["default", "alpha0p5", "alpha0p7"]},
+        "gan": {"width": 0.0625, "z_dim": 8},  # what the discinit control rebuilds D from
         "pretrain": {"width": 0.0625, "heads": HEADS, "simclr": TINY_SSL, "byol": TINY_SSL, "runs": runs,
                      "run_names": ["simclr_baseline", "simclr_default", "simclr_steps5", "simclr_alpha0p5",
-                                   "byol_baseline", "byol_disc0p1", "byol_steps5", "simclr_disc0p01", "simclr_std2"],
+                                   "byol_baseline", "byol_disc0p1", "byol_steps5", "simclr_disc0p01", "simclr_std2",
+                                   "byol_discinit0p1"],
                      "evaluate": {"linear": {"epochs": 3, "batch_size": 8}, "knn_k": 5}}}))
     common = ["--params", str(params), "--suite-params", str(suite_params()), "--data", str(data),
               "--langevin", str(tmp_path / "langevin"), "--discriminator", str(tmp_path / "discriminator.pt")]
@@ -114,6 +116,31 @@ def test_a_run_writes_the_record_the_report_reads(project, name, mode, images):
     assert dvc_metrics == record.metrics
     plot = json.loads((tmp / "plots" / f"{out.name}.json").read_text())
     assert [row["step"] for row in plot] == [2, 4] and set(plot[0]) == {"step", "linear_eval_acc"}
+
+
+def test_the_discinit_control_takes_d_at_initialisation_from_the_gan_section_not_the_file(project, tmp_path,
+                                                                                        monkeypatch):
+    tmp, common, _ = project
+    calls = []
+    real = pretrain.initial_discriminator
+
+    def spy(*args, **kw):
+        calls.append(args)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pretrain, "initial_discriminator", spy)
+    args = list(common)
+    args[args.index("--discriminator") + 1] = str(tmp_path / "nothing.pt")  # never read by the control
+    out = tmp / "init"
+    assert pretrain.main([*args, "--run", "byol_discinit0p1", "--seed", "0", "--out", str(out)]) == 0
+    suite_seed = yaml.safe_load(open(args[args.index("--suite-params") + 1]))["seed"]
+    assert [c[:4] for c in calls] == [("sndcgan", 0.0625, 8, suite_seed)]
+    record = records.read(out / "metrics.json")
+    assert record.extra["run"]["disc"] == {"coeff": 0.1, "head": "trainable", "source": "init"}
+    assert record.extra["discriminator"]["source"] == "init"
+    assert record.extra["discriminator"]["file"].startswith("none")
+    assert default_runs()["byol_discinit0p1"] == RunSpec(method="byol", disc=DiscUse(coeff=0.1, source="init"))
+    assert default_runs()["byol_disc0p1"].disc.source == "trained"
 
 
 def test_a_baseline_needs_neither_the_langevin_files_nor_the_discriminator(project, tmp_path):

@@ -58,7 +58,8 @@ def test_reported_holds_the_printed_numbers():
         assert all(r["std"] is None for r in spec["rows"])  # the slides print no spread
     ids = {r["id"] for t in doc["tables"].values() for r in t["rows"]}
     assert ids <= set(RUN_NAMES)
-    assert ids == set(RUN_NAMES) - {"simclr_steps0", "byol_steps0"}  # every run but the control is a cell
+    controls = {*report.CONTROL.values(), *(init for _, init in report.D_CONTROL.values())}
+    assert ids == set(RUN_NAMES) - controls  # every run but the controls is a cell
 
 
 def test_reported_flags_the_inconsistencies():
@@ -86,7 +87,8 @@ def test_reported_rows_are_the_slides_rows():
 
 
 def test_the_report_names_runs_of_the_registry():
-    named = {*report.BASELINE.values(), *report.CONTROL.values(), report.CONVERGENCE_TARGET}
+    named = {*report.BASELINE.values(), *report.CONTROL.values(), report.CONVERGENCE_TARGET,
+             *(run for pair in report.D_CONTROL.values() for run in pair)}
     for group in (report.STEPS, report.LANGEVIN, report.DISC):
         for runs in group.values():
             named |= set(runs)
@@ -103,6 +105,7 @@ MEAN = {
     "simclr_disc0p001": 62.0, "simclr_disc0p01": 61.5, "simclr_disc0p1": 61.0,
     "byol_baseline": 58.0, "byol_steps0": 57.9, "byol_default": 58.05,
     "byol_disc0p01": 60.0, "byol_disc0p1": 61.0, "byol_disc1": 59.5,
+    "simclr_discinit0p01": 63.0, "byol_discinit0p1": 59.0,
 }
 
 
@@ -283,6 +286,18 @@ def test_diagnostic_compares_the_ebm_view_with_its_start(doc):
     assert got["D_byol_ebm_vs_i0"]["verdict"] == INCONCLUSIVE  # 58.05 vs 57.9
 
 
+def test_diagnostic_compares_the_trained_d_view_with_d_at_initialisation(doc):
+    values = world_values()
+    got = by_id(report.diagnostics(values))
+    simclr, byol = got["D_simclr_trained_d_vs_init_d"], got["D_byol_trained_d_vs_init_d"]
+    assert byol["verdict"] == HOLDS and "coefficient 0.1" in byol["claim"]  # 61 vs 59
+    assert byol["p"] == pytest.approx(welch_p(values["byol_disc0p1"], values["byol_discinit0p1"]))
+    assert simclr["verdict"] == FAILS and "coefficient 0.01" in simclr["claim"]  # 61.5 vs 63
+    assert "simclr_disc0p01, simclr_discinit0p01" in simclr["data"]
+    values["byol_discinit0p1"] = []
+    assert by_id(report.diagnostics(values))["D_byol_trained_d_vs_init_d"]["reason"] == "not run: byol_discinit0p1"
+
+
 def test_load_runs_refuses_other_scales_unknown_runs_and_repeats(tmp_path):
     write_run(tmp_path / "a", "simclr_baseline", 0, 60.0, scale="smoke")
     with pytest.raises(ValueError, match="scale 'smoke'"):
@@ -352,7 +367,7 @@ def test_report_end_to_end(outputs, tmp_path, capsys):
     claims = load_claims(out / "claims.json")  # the scorecard's schema check
     assert claims["verdicts"]["P1"] == HOLDS and claims["verdicts"]["P9"] == FAILS
     assert claims["verdicts"]["P3"] == INCONCLUSIVE and [d["id"] for d in claims["diagnostics"]] == [
-        "D_simclr_ebm_vs_i0", "D_byol_ebm_vs_i0"]
+        "D_simclr_ebm_vs_i0", "D_byol_ebm_vs_i0", "D_simclr_trained_d_vs_init_d", "D_byol_trained_d_vs_init_d"]
 
     summary = json.loads((out / "summary.json").read_text())
     row = summary["steps"]["simclr_default"]
@@ -361,6 +376,7 @@ def test_report_end_to_end(outputs, tmp_path, capsys):
     assert summary["lambda"]["byol_default"]["reported"] == 90.57  # each table keeps its printed number
     assert summary["std"]["simclr_std2"] == {"reported": 87.73, "mean": None, "std": None, "n": 0, "seeds": []}
     assert summary["extra_rows"]["simclr_steps0"]["mean"] == pytest.approx(54.0)
+    assert summary["extra_rows"]["byol_discinit0p1"]["mean"] == pytest.approx(59.0)
     assert summary["runs"]["byol_disc0p1"]["knn_acc"]["mean"] == pytest.approx(56.0)
     assert summary["runs"]["simclr_std2"]["linear_eval_acc"]["n"] == 0  # its skip marker is no run
     assert len(summary["assumptions"]) == 1 and len(summary["assumptions"][0]["runs"]) == len(MEAN) * 3
