@@ -39,6 +39,7 @@ from shared.comparison import VS_REPORTED, Comparison, RowComparison, log_claims
 from shared.config import COMMITTED_SCALES, REPO_ROOT, SCALES
 from shared.io import atomic_write, atomic_write_text
 from shared.provenance import provenance, tree_state
+from shared import records
 from shared.records import RUNS
 
 
@@ -56,6 +57,18 @@ def seed_stats(values: Iterable[float]) -> dict:
     if xs.size == 0:
         return {"mean": None, "std": None, "n": 0}
     return {"mean": float(xs.mean()), "std": float(xs.std(ddof=1)) if xs.size >= 2 else None, "n": int(xs.size)}
+
+
+def stage_headline(path: str | Path, paper: str, scale: str) -> dict | None:
+    """A generator stage's numbers for a report's summary: the record's metrics and the numbers at the top level
+    of the record (None for a skip marker); raises naming the file when it is another paper's or scale's."""
+    record = records.read(path)
+    if record.skipped:
+        return None
+    if record.paper != paper or record.scale != scale:
+        raise ValueError(f"{path}: paper/scale {record.paper}/{record.scale}, expected {paper}/{scale}")
+    numbers = {k: v for k, v in record.extra.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {"stage": record.stage, "metrics": record.metrics, **numbers}
 
 
 def is_committed_results(out: str | Path) -> bool:

@@ -2,8 +2,8 @@
 
     python -m papers.gencl.report --reported papers/gencl/reported.yaml --eval-dir papers/gencl/outputs/eval \\
         --cost-dir papers/gencl/outputs/cost --augment-dir papers/gencl/outputs/augment \\
-        --prepared data/prepared/tinyimagenet100 --indices data/subsets/tinyimagenet100_ssl10k.npy \\
-        --scale mini --out papers/gencl/results/mini [--log] [--allow-dirty]
+        --generators-dir papers/gencl/outputs --prepared data/prepared/tinyimagenet100 \\
+        --indices data/subsets/tinyimagenet100_ssl10k.npy --scale mini --out papers/gencl/results/mini [--log]
     python -m papers.gencl.report --scale mini --out papers/gencl/results/mini --from-runs
 
 Reads the evaluate stage's records, one per (run, seed) (every ``metrics.json`` under ``--eval-dir``: table
@@ -29,10 +29,14 @@ the table and the row id whose label is the cell's. Writes into --out:
   augmentations.png           rows of original | mask-based | noise-based for a few SSL images, read from the
                               augment stages' .npy files by SSL position (every row's source fingerprint checked)
   mask_grid.png, noise_pairs.png   copies of the augment stages' grids, where they exist
+  tokenizer_recon.png, icgan_neighbourhoods.png   copies of the generator stages' pictures (``--generators-dir``):
+                              held-out images and their VQ reconstructions; IC-GAN instances | samples | neighbours
   claims.json                 the claims G1-G18 the runs allow (shared.claims tests on per-seed values)
   summary.json                per table and row: reported, mean, std, n, seeds; every run's numbers (knn_top1
-                              too); Table 4's time ratios; the semi protocol; the verdicts
-  runs/eval/..., runs/cost/...    every record read, committed (--from-runs recomputes tables and claims alone)
+                              too); Table 4's time ratios; the semi protocol; the generators' headline numbers
+                              (``generators``: the tokenizer's, in-painter's and IC-GAN's records); the verdicts
+  runs/eval/..., runs/cost/..., runs/generators/...   every record read, committed (--from-runs recomputes tables
+                              and claims alone)
 
 The paper prints one number per cell and gives no test; the tests are the suite's (one-sided Welch t-tests,
 Holm over the parts of a claim that names several, the OLS slope for a trend) at alpha 0.05. Table 4's FID,
@@ -57,7 +61,8 @@ from shared.claims import beats, best_of, each_of, increases, seed_stats
 from shared.comparison import VS_REPORTED, Comparison, compare, load_reported
 from shared.data import evenly_spaced, load_indices, load_prepared
 from shared.io import atomic_write, atomic_write_text
-from shared.report import Report, band, figure, not_run, report_parser, reported_vs_reproduced, run_report, runs_dir
+from shared.report import (Report, band, figure, not_run, report_parser, reported_vs_reproduced, run_report, runs_dir,
+                           stage_headline)
 from shared.view_sources import PrecomputedViews
 
 PAPER = "gencl"
@@ -81,6 +86,10 @@ GAMMA_RUNS = {gen: {r.gamma: r.name for r in runs_of(table)} for gen, table in (
                                                                               ("mask", "table3"))}
 COST_ROWS = ("noise", "mask", "crop", "jitter", "blur")  # Table 4's rows (reported.yaml ids)
 GRIDS = (("mask_grid.png", "mask/grid.png"), ("noise_pairs.png", "noise/pairs.png"))  # (output, under augment-dir)
+# the generator stages' records and pictures, under --generators-dir: (name, stage folder), (output, path)
+GENERATORS = (("tokenizer", "tokenizer"), ("inpainter", "inpainter"), ("icgan", "icgan/train"))
+GENERATOR_GRIDS = (("tokenizer_recon.png", "tokenizer/recon.png"),
+                   ("icgan_neighbourhoods.png", "icgan/train/neighbourhoods.png"))
 AUGMENT = {"mask": ("mask/mask.npy", "papers/gencl/dvc.yaml:mask_augment"),
            "noise": ("noise/noise.npy", "papers/gencl/dvc.yaml:noise_augment")}
 GRID_IMAGES = 8
@@ -504,11 +513,11 @@ def augmentations_figure(originals: np.ndarray, generated: dict[str, np.ndarray 
     return fig
 
 
-def copy_grids(augment_dir: Path | None, out: Path) -> dict[str, Path]:
-    """Copy the augment stages' grids into ``out``; returns every one ``out`` holds."""
+def copy_grids(sources: dict[str, Path | None], out: Path) -> dict[str, Path]:
+    """Copy each stage picture ``sources[name]`` into ``out/name`` (None: nothing to copy, a committed copy
+    stays); returns every one ``out`` holds."""
     held = {}
-    for name, rel in GRIDS:
-        src = None if augment_dir is None else Path(augment_dir) / rel
+    for name, src in sources.items():
         if src is not None and src.is_file():
             data = src.read_bytes()
             atomic_write(out / name, lambda f, data=data: f.write(data))
@@ -521,12 +530,13 @@ def copy_grids(augment_dir: Path | None, out: Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- the report
 
-def gather_optional(folder: Path | None, mirror: Path, name: str, out: Path) -> records.Gathered:
+def gather_optional(folder: Path | None, mirror: Path, name: str, out: Path,
+                    recursive: bool = True) -> records.Gathered:
     """Records named ``name`` under a stage folder with their committed copies; a missing folder reads as none."""
     if folder is not None and not Path(folder).is_dir():
         print(f"note: {folder} does not exist: its records are read from {mirror} alone, if any", file=sys.stderr)
         folder = None
-    return records.gather(folder, mirror, name, exclude=out, hint=HINT)
+    return records.gather(folder, mirror, name, exclude=out, recursive=recursive, hint=HINT)
 
 
 def make_report(args) -> Report:
@@ -538,6 +548,10 @@ def make_report(args) -> Report:
     doc = load_reported(args.reported)
     found = records.gather(own(args.eval_dir), runs / "eval", "metrics.json", exclude=out, hint=HINT)
     cost_found = {t: gather_optional(own(args.cost_dir), runs / "cost", f"{t}.json", out) for t in COST_TABLES}
+    generators_dir = own(args.generators_dir)
+    generators = {name: gather_optional(None if generators_dir is None else generators_dir / rel,
+                                        runs / "generators" / name, "metrics.json", out, recursive=False)
+                  for name, rel in GENERATORS}
     evaluated = load_evaluated(found.paths(), args.scale)
     if not evaluated:
         print(f"warning: no evaluate records under {args.eval_dir} or {runs / 'eval'}: every row is 'not run'",
@@ -565,7 +579,9 @@ def make_report(args) -> Report:
             *augmentation_rows(args.prepared, args.indices, augment_dir), args.scale), dpi=120)
     elif (out / "augmentations.png").is_file():  # a report from runs/ keeps the committed grid
         report.paths["augmentations.png"] = out / "augmentations.png"
-    report.paths.update(copy_grids(augment_dir, out))
+    report.paths.update(copy_grids(
+        {**{name: None if augment_dir is None else augment_dir / rel for name, rel in GRIDS},
+         **{name: None if generators_dir is None else generators_dir / rel for name, rel in GENERATOR_GRIDS}}, out))
     label = {LINEAR_PROBE: "linear probe on frozen features (not the paper's fine-tuning)",
              "finetune": "fine-tuned (VICReg's protocol)"}.get(protocol, "no records")
     report.write_claims(
@@ -587,6 +603,8 @@ def make_report(args) -> Report:
                        "time_ratios": {"note": "mean per-image time of the mask-based augmentation over the others' "
                                                "(the paper: 4.99 over noise, 26.7-170.6 over the classic ops)",
                                        **time_ratios(cost["table4_time_ms"])}},
+        "generators": {name: {rel: h for rel, path in sorted(g.files.items())
+                              if (h := stage_headline(path, PAPER, args.scale))} for name, g in generators.items()},
         "figures": sorted(name for name in report.paths if name.endswith(".png")),
         "claims": {c["id"]: c["verdict"] for c in verdicts},
     }
@@ -595,6 +613,8 @@ def make_report(args) -> Report:
     found.copy_to(out / records.RUNS / "eval")  # last: only a report that finished commits its inputs
     for gathered in cost_found.values():
         gathered.copy_to(out / records.RUNS / "cost")
+    for name, gathered in generators.items():
+        gathered.copy_to(out / records.RUNS / "generators" / name)
     return report
 
 
@@ -606,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the cost stage's outputs (rows/<row>/table4_*.json)")
     parser.add_argument("--augment-dir", type=Path, default=None,
                         help="the augment stages' outputs (mask/mask.npy, noise/noise.npy, their grids)")
+    parser.add_argument("--generators-dir", type=Path, default=None,
+                        help="the package's outputs folder: the generator stages' records and pictures "
+                             "(tokenizer/, inpainter/, icgan/train/)")
     parser.add_argument("--prepared", type=Path, default=None, help="the prepared dataset (train.npz)")
     parser.add_argument("--indices", type=Path, default=None, help="the SSL set's train rows (.npy)")
 

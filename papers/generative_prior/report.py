@@ -54,7 +54,8 @@ from shared import records
 from shared.claims import INCONCLUSIVE, beats, best_of, each_of, increases, seed_stats, within
 from shared.comparison import VS_REPORTED, Comparison, compare, load_reported
 from shared.io import atomic_write, atomic_write_text
-from shared.report import Report, band, figure, not_run, report_parser, reported_vs_reproduced, run_report, runs_dir
+from shared.report import (Report, band, figure, not_run, report_parser, reported_vs_reproduced, run_report, runs_dir,
+                           stage_headline)
 
 PAPER = "generative_prior"
 TABLES = ("steps", "alpha", "std", "lambda", "step_size", "disc_features")
@@ -374,17 +375,6 @@ def gather_optional(folder: Path | None, mirror: Path, out: Path) -> records.Gat
     return records.gather(folder, mirror, "metrics.json", exclude=out, hint=HINT)
 
 
-def headline(path: Path, scale: str) -> dict | None:
-    """A prior stage's numbers: its metrics and the numbers at the top level of its record (None: a skip)."""
-    record = records.read(path)
-    if record.skipped:
-        return None
-    if record.paper != PAPER or record.scale != scale:
-        raise ValueError(f"{path}: paper/scale {record.paper}/{record.scale}, expected {PAPER}/{scale}")
-    numbers = {k: v for k, v in record.extra.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {"stage": record.stage, "metrics": record.metrics, **numbers}
-
-
 def copy_grids(dirs: dict[str, Path | None], out: Path) -> dict[str, Path]:
     """Copy the priors' pictures into ``out`` (the GAN's: its last grid); returns every one ``out`` holds."""
     held = {}
@@ -456,7 +446,8 @@ def make_report(reported: Path, pretrain_dir: Path | None, ebm_dir: Path | None,
                         "spec": next((r.record.extra.get("run") for r in found if r.row == name), None)}
                  for name in RUN_NAMES},
         "assumptions": assumptions,
-        "generators": {stage: {rel: h for rel, path in sorted(g.files.items()) if (h := headline(path, scale))}
+        "generators": {stage: {rel: h for rel, path in sorted(g.files.items())
+                               if (h := stage_headline(path, PAPER, scale))}
                        for stage, g in priors.items()},
         "figures": sorted(name for name in report.paths if name.endswith(".png")),
         "claims": {v["id"]: v["verdict"] for v in verdicts},

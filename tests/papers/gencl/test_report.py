@@ -315,10 +315,16 @@ def test_report_end_to_end(tmp_path, capsys, quick_figures):
         paper="gencl", stage="cost", scale="mini", seed=0, metrics={"ssim_mask": 0.3}))
     prepared, ssl, augment, _, _ = augment_world(tmp_path)
     (augment / "mask" / "grid.png").write_bytes(b"mask grid")
+    records.write(outputs / "tokenizer" / "metrics.json", records.MetricsRecord(  # a generator stage's record
+        paper="gencl", stage="tokenizer", scale="mini", seed=0, metrics={"psnr": 19.5}, extra={"steps": 1500}))
+    (outputs / "tokenizer" / "recon.png").write_bytes(b"recon")
+    (outputs / "tokenizer" / "sub").mkdir()  # only the stage folder's own record is read
+    records.write(outputs / "tokenizer" / "sub" / "metrics.json", records.MetricsRecord(
+        paper="gencl", stage="tokenizer", scale="smoke", seed=0, metrics={"psnr": 1.0}))
     out = tmp_path / "results" / "mini"
     argv = ["--reported", str(REPORTED), "--eval-dir", str(outputs / "eval"), "--cost-dir", str(outputs / "cost"),
-            "--augment-dir", str(augment), "--prepared", str(prepared), "--indices", str(ssl), "--scale", "mini",
-            "--out", str(out), "--allow-dirty"]
+            "--augment-dir", str(augment), "--generators-dir", str(outputs), "--prepared", str(prepared),
+            "--indices", str(ssl), "--scale", "mini", "--out", str(out), "--allow-dirty"]
     assert report.main(argv) == 0
     printed = capsys.readouterr().out
     assert "claim (G14)" in printed and "table1_lin_top1" in printed
@@ -327,6 +333,7 @@ def test_report_end_to_end(tmp_path, capsys, quick_figures):
                  *(f"{t}.json" for t in (*report.EVAL_TABLES, *report.COST_TABLES))):
         assert (out / name).is_file(), name
     assert not (out / "noise_pairs.png").exists()  # the noise stage wrote no pairs.png here
+    assert (out / "tokenizer_recon.png").read_bytes() == b"recon" and not (out / "icgan_neighbourhoods.png").exists()
     claims = load_claims(out / "claims.json")  # the scorecard's schema check
     assert claims["verdicts"]["G14"] == HOLDS and claims["semi_protocol"].startswith("linear probe")
     summary = json.loads((out / "summary.json").read_text())
@@ -334,6 +341,9 @@ def test_report_end_to_end(tmp_path, capsys, quick_figures):
     assert summary["fid_metric"] == "fid_indomain" and summary["claims"]["G1"] == HOLDS
     assert summary["extra_rows"]["time_ratios"]["mask_over_noise"] == pytest.approx(5.0)
     assert summary["runs"]["baseline"]["knn_top1"]["mean"] == pytest.approx(28.0)
+    assert summary["generators"] == {
+        "tokenizer": {"metrics.json": {"stage": "tokenizer", "metrics": {"psnr": 19.5}, "steps": 1500}},
+        "inpainter": {}, "icgan": {}}
     fid = json.loads((out / "table4_fid.json").read_text())
     assert fid["metric"] == "fid_indomain" and all(r["delta"] is None for r in fid["rows"])
     # every record read is committed under runs/, the skip marker's seed and the flat cost record are not
@@ -341,6 +351,7 @@ def test_report_end_to_end(tmp_path, capsys, quick_figures):
     assert not (out / "runs" / "eval" / "mask_genonly" / "seed3").exists()
     assert (out / "runs" / "cost" / "rows" / "mask" / "table4_fid.json").is_file()
     assert not (out / "runs" / "cost" / "metrics.json").exists()
+    assert (out / "runs" / "generators" / "tokenizer" / "metrics.json").is_file()
 
     # the committed records alone give the same tables and verdicts; the grids stay
     tables = {t: json.loads((out / f"{t}.json").read_text())["rows"] for t in ("table2_lin_top1", "table4_ssim")}
@@ -349,6 +360,8 @@ def test_report_end_to_end(tmp_path, capsys, quick_figures):
         assert json.loads((out / f"{t}.json").read_text())["rows"] == rows
     assert load_claims(out / "claims.json")["verdicts"] == claims["verdicts"]
     assert (out / "augmentations.png").is_file() and (out / "mask_grid.png").read_bytes() == b"mask grid"
+    assert (out / "tokenizer_recon.png").read_bytes() == b"recon"
+    assert json.loads((out / "summary.json").read_text())["generators"]["tokenizer"] == summary["generators"]["tokenizer"]
 
 
 def test_report_needs_the_eval_records(tmp_path, capsys):
