@@ -33,13 +33,13 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from shared import records
 from shared.claims import ALPHA, CI_LEVEL, STD_NOTE
 from shared.cli import add_debug_argument, run_stage
 from shared.comparison import VS_REPORTED, Comparison, RowComparison, log_claims, log_comparison
 from shared.config import COMMITTED_SCALES, REPO_ROOT, SCALES
 from shared.io import atomic_write, atomic_write_text
 from shared.provenance import provenance, tree_state
-from shared import records
 from shared.records import RUNS
 
 

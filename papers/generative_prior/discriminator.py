@@ -13,8 +13,8 @@ from torch import nn
 
 from shared import checkpoint
 from shared.device import to_device
-from shared.stage import run_seed
 from shared.models.sngan import sngan
+from shared.stage import run_seed
 
 DISCRIMINATOR_FILE = "discriminator.pt"
 
@@ -44,8 +44,8 @@ def initial_discriminator(discriminator: str, width: float, z_dim: int, suite_se
 
     The stage seeds every RNG with trial 0's seed of ``suite_seed`` (``shared.stage.start``) and then builds G
     and D (``sngan``) before anything else draws; this repeats that under a forked RNG, so the caller's stream
-    is untouched. ``tests/papers/generative_prior/test_discriminator.py`` checks it against the D the stage
-    hands its trainer.
+    is untouched. ``tests/papers/generative_prior/test_prepare_gan.py`` checks it against the D the stage
+    builds.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run_seed(suite_seed, 0))

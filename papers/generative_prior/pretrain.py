@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> dict | None:
     if n_real < ssl.batch_size:
         raise ValueError(f"the SSL training set holds {n_real} images, fewer than pretrain.{spec.method}.batch_size="
                          f"{ssl.batch_size}")
-    rows_x, rows_y, langevin_path, source, disc = train_x, train_y, None, None, None
+    rows_x, rows_y, langevin_path, source, disc, d_file = train_x, train_y, None, None, None, None
     if spec.langevin is not None:
         # the chain must be one the langevin stage runs at this scale, with this snapshot
         stage.section(LangevinConfig, args.params, "langevin").check_use(spec.langevin.chain, spec.langevin.snapshot)
@@ -258,12 +258,11 @@ def run(args: argparse.Namespace) -> dict | None:
         # with and without a prior start from the same encoder and heads under one seed
         with torch.random.fork_rng(devices=[]):
             if spec.disc.source == "trained":
-                disc = load_discriminator(args.discriminator, device)
+                disc, d_file = load_discriminator(args.discriminator, device), str(args.discriminator)
             else:  # the control: train_gan's D before its first step (section `gan`, the suite seed)
                 gan = stage.section(GANStageConfig, args.params, "gan")
                 disc = initial_discriminator(gan.discriminator, gan.width, gan.z_dim, stage.suite.seed, device)
-    d_file = None if disc is None else (str(args.discriminator) if spec.disc.source == "trained"
-                                        else "none: train_gan's D at initialisation (section gan, the suite seed)")
+                d_file = "none: train_gan's D at initialisation (section gan, the suite seed)"
     loader = EqualStepsLoader(rows_x, rows_y, real_rows=n_real, batch_size=ssl.batch_size, shuffle=True,
                               seed=stage.seed, device=device)
     pipeline = PipelineConfig.from_simclr(cfg.views)
