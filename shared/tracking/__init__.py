@@ -284,9 +284,21 @@ def describe_experiment(client: Any, experiment: Any) -> None:
     description edited in the UI is kept)."""
     tags = experiment.tags or {}
     if NOTE_TAG not in tags:
-        client.set_experiment_tag(experiment.experiment_id, NOTE_TAG, experiment_description(experiment.name))
+        _set_missing_tag(client, experiment.experiment_id, NOTE_TAG, experiment_description(experiment.name))
     if KIND_TAG not in tags:
-        client.set_experiment_tag(experiment.experiment_id, KIND_TAG, TRAINING_KIND)
+        _set_missing_tag(client, experiment.experiment_id, KIND_TAG, TRAINING_KIND)
+
+
+def _set_missing_tag(client: Any, experiment_id: str, key: str, value: str) -> None:
+    """Set an experiment tag that was missing when read; a process that set it in between wins (stages
+    started together race here: SQLite refuses the second insert of the same key)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except MlflowException:
+        if key not in (client.get_experiment(experiment_id).tags or {}):
+            raise
 
 
 def _natural(text: str) -> list:

@@ -145,6 +145,33 @@ def test_experiments_are_described_for_the_training_view(uri, tmp_path):
     assert "The claim" not in text  # title and citation only
 
 
+def test_describing_an_experiment_tolerates_a_process_that_tagged_it_first():
+    """Two stages started together both find the experiment untagged; the second insert of the same tag
+    fails in SQLite. The loser accepts the winner's tag, and still raises when the tag really is missing."""
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+
+    class RacingClient:
+        def __init__(self, stored):
+            self.stored, self.set_calls = stored, []
+
+        def set_experiment_tag(self, experiment_id, key, value):
+            self.set_calls.append(key)
+            raise MlflowException("UNIQUE constraint failed: experiment_tags.key")
+
+        def get_experiment(self, experiment_id):
+            return SimpleNamespace(tags=self.stored)
+
+    untagged = SimpleNamespace(experiment_id="3", name="exp_race", tags={})
+    everything = {tracking.NOTE_TAG: "by the other process", tracking.KIND_TAG: tracking.TRAINING_KIND}
+    client = RacingClient(everything)
+    tracking.describe_experiment(client, untagged)
+    assert client.set_calls == [tracking.NOTE_TAG, tracking.KIND_TAG]
+    with pytest.raises(MlflowException, match="UNIQUE"):
+        tracking.describe_experiment(RacingClient({tracking.NOTE_TAG: "set"}), untagged)  # KIND_TAG missing
+
+
 def test_saved_views_show_the_result_runs_numbers_as_columns(uri):
     from mlflow import MlflowClient
 
