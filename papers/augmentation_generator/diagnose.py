@@ -19,6 +19,11 @@ clean one, split by pixel kind over all dotted fine-tuning images: `dot_ink` (me
 where x~ differs from x: 1 keeps the dots, 0 removes them), `stroke_l1` (mean |G_E(x~) - x| on the character's
 pixels, x > 0: how much the character changed) and `background_ink` (mean of G_E(x~) where both x and x~ are
 0: what G_E adds), each beside the same number for x~ itself. The game's whole-image L1 mixes the three.
+
+With `--critic PATH` (the game's checkpoint.pt) and `--critic-encoder PATH` (the F that game ran on), both with
+`{seed}`: the share of images D_p (the checkpoint's final critic) takes for pre-training images (logit > 0) among
+X_p, the clean and the dotted fine-tuning images and, with `--generators`, G_E's output on the dotted ones: would
+a G_E that only removed the dots win its game?
 Writes one JSON with the provenance.
 """
 from __future__ import annotations
@@ -31,10 +36,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from papers.augmentation_generator.config import PARAMS, EvaluateConfig, PretrainConfig, RunsConfig
+from papers.augmentation_generator.config import PARAMS, EvaluateConfig, GameConfig, PretrainConfig, RunsConfig
 from papers.augmentation_generator.data import load_splits
 from papers.augmentation_generator.encoder import build_encoder, load_encoder
-from papers.augmentation_generator.models import load_generators
+from papers.augmentation_generator.models import Critic, load_generators
 from shared import checkpoint, config
 from shared.cli import run_stage, stage_parser
 from shared.io import atomic_write_text
@@ -43,7 +48,7 @@ from shared.stage import run_seed
 from shared.trainers.linear_eval import extract_features, knn_accuracy
 
 XP_TRAIN, XP_TEST = 10_000, 2_000  # the X_p kNN split (seeded, disjoint)
-PATHS = ("encoder", "generators")  # the entries of a row that name its input file
+PATHS = ("encoder", "generators", "critic")  # the entries of a row that name its input file
 
 
 def pixels(images: Tensor) -> Tensor:
@@ -86,6 +91,24 @@ def eliminator_split(G_EL: nn.Module, dotted: Tensor, clean: Tensor, chunk: int 
     return {k: v / max(counts[kind(k)], 1) for k, v in sums.items()}
 
 
+@torch.no_grad()
+def critic_verdicts(D_p: nn.Module, features, sets: dict[str, Tensor]) -> dict[str, float]:
+    """Per named uint8 image set, the share D_p takes for pre-training images (its logit > 0)."""
+    return {name: (D_p(features(images)) > 0).float().mean().item() for name, images in sets.items()}
+
+
+def load_critic(path: Path, feature_dim: int, hidden: int) -> nn.Module:
+    """D_p from a game checkpoint (`checkpoint.load`: a missing or corrupt file raises naming it)."""
+    state = checkpoint.load(path)
+    if state is None:
+        raise FileNotFoundError(f"no game checkpoint at {path}")
+    if "D_p" not in state.get("critics", {}):
+        raise ValueError(f"{path}: not a game checkpoint (no critics.D_p)")
+    D_p = Critic(feature_dim, hidden)
+    D_p.load_state_dict(state["critics"]["D_p"])
+    return D_p.eval()
+
+
 def encoder_features(encoder: nn.Module, device: torch.device):
     return lambda images: extract_features(encoder, images, device).cpu()
 
@@ -120,6 +143,16 @@ def run(args: argparse.Namespace) -> dict:
             G_EL = load_generators(path, device)[1]
             row["eliminator"] = {**eliminator_split(G_EL, torch.as_tensor(splits.fine_dotted),
                                                     torch.as_tensor(splits.fine_clean)), "generators": str(path)}
+        if args.critic:
+            path = Path(args.critic.format(seed=seed))
+            F = load_encoder(Path(args.critic_encoder.format(seed=seed)), device)
+            D_p = load_critic(path, F.feature_dim, config.load_section(GameConfig, args.params, "game", scale).critic_hidden)
+            sets = {"x_p": torch.as_tensor(splits.xp), "clean": torch.as_tensor(splits.fine_clean),
+                    "dotted": torch.as_tensor(splits.fine_dotted)}
+            if args.generators:
+                with torch.no_grad():
+                    sets["eliminated"] = (G_EL(sets["dotted"].float() / 255)[0] * 255).round().to(torch.uint8)
+            row["critic"] = {**critic_verdicts(D_p, encoder_features(F, device), sets), "critic": str(path)}
         out["seeds"][str(seed)] = row
         print(f"seed {seed}: " + "; ".join(f"{k} {({m: round(v, 3) for m, v in r.items() if m not in PATHS})}"
                                             for k, r in row.items()), flush=True)
@@ -127,7 +160,9 @@ def run(args: argparse.Namespace) -> dict:
                    "clean / dotted test images (every character of the split); x_p: a seeded 10,000 / 2,000 split of the "
                    "pre-training images with their labels; untrained: F of pretrain.width initialised from the "
                    "trial's run seed; eliminator: G_E(x~) on dot pixels (x~ != x), stroke pixels (x > 0) and "
-                   "background pixels (x = x~ = 0), beside x~ itself (dotted_*)")
+                   "background pixels (x = x~ = 0), beside x~ itself (dotted_*); critic: share of each set D_p "
+                   "takes for pre-training images (x_p: all pre-training images; clean, dotted: every fine-tuning "
+                   "image; eliminated: G_E of the dotted ones, rounded to uint8)")
     out["provenance"] = provenance(device)
     atomic_write_text(Path(args.out), json.dumps(out, indent=2) + "\n")
     print(f"pixels: {out['pixels']}; wrote {args.out}")
@@ -141,8 +176,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="an encoder.pt to score ({seed} in PATH: the seed); repeatable")
     parser.add_argument("--generators", default=None,
                         help="the game's generators.pt ({seed} in PATH: the seed): G_E's dot / stroke / background split")
+    parser.add_argument("--critic", default=None, help="the game's checkpoint.pt ({seed}): D_p's verdicts")
+    parser.add_argument("--critic-encoder", default=None, help="the F the game ran on ({seed}); with --critic")
     parser.add_argument("--out", type=Path, required=True, help="the JSON to write")
     args = parser.parse_args(argv)
+    if bool(args.critic) != bool(args.critic_encoder):
+        parser.error("--critic and --critic-encoder go together")
     for spec in args.encoder:
         if "=" not in spec:
             parser.error(f"--encoder takes NAME=PATH, got {spec!r}")

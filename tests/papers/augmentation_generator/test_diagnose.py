@@ -8,7 +8,8 @@ import torch
 from papers.augmentation_generator import diagnose
 from papers.augmentation_generator.config import EvaluateConfig
 from papers.augmentation_generator.encoder import build_encoder, save_encoder
-from papers.augmentation_generator.models import Augmenter, EliminatorPredictor, GeneratorSpec, save_generators
+from papers.augmentation_generator.models import Augmenter, Critic, EliminatorPredictor, GeneratorSpec, save_generators
+from shared import checkpoint
 
 
 class Splits:
@@ -46,17 +47,24 @@ def test_pixel_scores_are_the_naive_knn():
     assert got["x_p"] == pytest.approx(naive_knn(f(s.xp[:30]), s.yp[:30], f(s.xp[30:]), s.yp[30:], 4, 0.5))
 
 
-def test_writes_untrained_and_encoder_rows(tmp_path, monkeypatch):
+def tiny_run(tmp_path, monkeypatch):
+    """The tiny splits in place of the data, seed 0's encoder and generator files, a smoke suite: (splits, F, suite)."""
     s = Splits()
     monkeypatch.setattr(diagnose, "load_splits", lambda path: s)
     monkeypatch.setattr(diagnose, "XP_TRAIN", 30)
     monkeypatch.setattr(diagnose, "XP_TEST", 10)
     torch.manual_seed(3)
-    save_encoder(tmp_path / "enc0.pt", build_encoder(1 / 16), 1 / 16)
+    encoder = build_encoder(1 / 16)
+    save_encoder(tmp_path / "enc0.pt", encoder, 1 / 16)
     spec = GeneratorSpec(z_dim=2, hidden=8, skip=True)
     save_generators(tmp_path / "gen0.pt", Augmenter(spec), EliminatorPredictor(spec))
     suite = tmp_path / "suite.yaml"
     suite.write_text("scale: smoke\nseed: 0\ndevice: cpu\nthreads: 1\n")
+    return s, encoder, suite
+
+
+def test_writes_untrained_and_encoder_rows(tmp_path, monkeypatch):
+    _, _, suite = tiny_run(tmp_path, monkeypatch)
     out = tmp_path / "f_knn.json"
     assert diagnose.main(["--suite-params", str(suite), "--data", "unused", "--out", str(out),
                           "--encoder", f"trained={tmp_path}/enc{{seed}}.pt", "--generators",
@@ -96,3 +104,41 @@ def test_eliminator_split_by_pixel_kind():
     assert perfect["dot_ink"] == 0.0 and perfect["stroke_l1"] == 0.0 and perfect["background_ink"] == 0.0
     gray = diagnose.eliminator_split(Keep(lambda x: torch.full_like(x, 0.25)), dotted, clean)
     assert gray["dot_ink"] == gray["background_ink"] == 0.25 and gray["stroke_l1"] == 0.75
+
+
+def test_critic_verdicts_count_positive_logits():
+    D_p = torch.nn.Linear(1, 1)  # features are the images' mean ink: logit = mean - 0.5
+    D_p.weight.data.fill_(1.0)
+    D_p.bias.data.fill_(-0.5)
+    mean_ink = lambda x: x.float().flatten(1).mean(1, keepdim=True) / 255  # noqa: E731
+    dark, bright = torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.full((1, 1, 4, 4), 255, dtype=torch.uint8)
+    got = diagnose.critic_verdicts(lambda h: D_p(h).squeeze(1), mean_ink,
+                                   {"dark": dark, "mixed": torch.cat([dark, bright]), "bright": bright})
+    assert got == {"dark": 0.0, "mixed": 0.25, "bright": 1.0}
+
+
+def test_critic_row_reads_the_game_checkpoint(tmp_path, monkeypatch):
+    s, encoder, suite = tiny_run(tmp_path, monkeypatch)
+    params = tmp_path / "params.yaml"
+    params.write_text("runs: {n_seeds: 1}\ngame: {critic_hidden: 16}\n")
+    D_p = Critic(encoder.feature_dim, 16)
+    features = lambda x: diagnose.extract_features(encoder.eval(), torch.as_tensor(x), torch.device("cpu"))  # noqa: E731
+    with torch.no_grad():  # shift D_p's output so that it takes about half of X_p for pre-training images
+        D_p.net[-1].bias -= D_p(features(s.xp)).median()
+    checkpoint.save(tmp_path / "ckpt0.pt", {"critics": {"D_p": D_p.state_dict()}})
+    out = tmp_path / "f_knn.json"
+    common = ["--suite-params", str(suite), "--params", str(params), "--data", "unused", "--out", str(out)]
+    assert diagnose.main(common + ["--generators", f"{tmp_path}/gen{{seed}}.pt", "--critic", f"{tmp_path}/ckpt{{seed}}.pt",
+                                   "--critic-encoder", f"{tmp_path}/enc{{seed}}.pt"]) == 0
+    row = json.loads(out.read_text())["seeds"]["0"]["critic"]
+    with torch.no_grad():
+        expect = lambda x: (D_p(features(x)) > 0).float().mean().item()  # noqa: E731
+        assert row["x_p"] == pytest.approx(expect(s.xp))
+        assert row["clean"] == pytest.approx(expect(s.fine_clean))
+        assert row["dotted"] == pytest.approx(expect(s.fine_dotted))
+    assert 0.3 < row["x_p"] < 0.7
+    assert set(row) == {"x_p", "clean", "dotted", "eliminated", "critic"} and row["critic"].endswith("ckpt0.pt")
+    with pytest.raises(FileNotFoundError, match="ckpt9"):
+        diagnose.load_critic(tmp_path / "ckpt9.pt", encoder.feature_dim, 16)
+    with pytest.raises(SystemExit):
+        diagnose.main(common + ["--critic", f"{tmp_path}/ckpt{{seed}}.pt"])  # without --critic-encoder
