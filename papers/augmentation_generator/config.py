@@ -118,6 +118,9 @@ class GameConfig:
     z_dim: int = 16  # z ~ U[0, 1]^z_dim (unstated; spec 2.C)
     critic_hidden: int = 512  # D_f, D_p: MLP on F's features (unstated; spec 2.C)
     lam: float = 10.0  # weight of the cycle losses l_r (unstated; CycleGAN's)
+    # CycleGAN's identity terms ||G_E(x_p) - x_p|| + ||G_A(x~_f, z) - x~_f|| at identity x lam (CycleGAN: 0.5);
+    # not in the paper: 0 is its objective
+    identity: float = 0.0
     # G_A's and G_E's images as sigmoid(logit(x) + perceptron), identity at initialisation (models.GeneratorSpec):
     # not the paper's plain perceptron; the mini sets it (the plain perceptrons did not learn in its budget)
     skip: bool = False
@@ -137,8 +140,9 @@ class GameConfig:
                      "check_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"game.{name} must be >= 1, got {getattr(self, name)}")
-        if self.layers < 2 or self.lam < 0:
-            raise ValueError(f"game.layers must be >= 2 and game.lam >= 0, got {self.layers}, {self.lam}")
+        if self.layers < 2 or self.lam < 0 or self.identity < 0:
+            raise ValueError(f"game.layers must be >= 2, game.lam and game.identity >= 0, got {self.layers}, "
+                             f"{self.lam}, {self.identity}")
         if self.check_images < 4:
             raise ValueError(f"game.check_images must be >= 4 (A8 fits a direction on half), got {self.check_images}")
 

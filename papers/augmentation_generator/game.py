@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> dict | None:
     generators = {k: m.to(device) for k, m in generators.items()}
     critics = {k: m.to(device) for k, m in critics.items()}
     tally = Tally()
-    method = tallied(augmentation_game(F, cfg.z_dim, cfg.lam, real_features), tally)
+    method = tallied(augmentation_game(F, cfg.z_dim, cfg.lam, real_features, identity=cfg.identity), tally)
     pick = torch.Generator().manual_seed(stage.seed)  # evaluation and check draws: never the training RNG
     rows_p, rows_f = sample_rows(len(xp), cfg.eval_images, pick), sample_rows(len(dotted), cfg.eval_images, pick)
     eval_set = {"x_p": as_images(xp[rows_p], device), "dotted": as_images(dotted[rows_f], device),

@@ -69,9 +69,24 @@ def cycle_losses(x_f: Tensor, reconstructed_f: Tensor, x_p: Tensor, eliminated_a
     return {"f": l1(reconstructed_f, x_f), "p": l1(eliminated_augmented, x_p), "z": l1(latent_augmented, z)}
 
 
-def generator_objective(adv_a: Tensor, adv_e: Tensor, cycle: Mapping[str, Tensor], lam: float) -> Tensor:
-    """Eq. (10): l_GA + l_GE + lam * l_r with l_r = the sum of the three cycle terms (eq. (13))."""
-    return adv_a + adv_e + lam * sum(cycle.values())
+def identity_losses(x_p: Tensor, eliminated_p: Tensor, x_f: Tensor, augmented_f: Tensor) -> dict[str, Tensor]:
+    """CycleGAN's identity terms (not in the paper; `game.identity`), each a mean absolute error: a generator
+    given an image of its own target domain should return it. e: ||G_E(x_p) - x_p||_1 (G_E maps towards X_p);
+    a: ||G_A(x~_f, z) - x~_f||_1 (G_A maps towards X~_f)."""
+    return {"e": l1(eliminated_p, x_p), "a": l1(augmented_f, x_f)}
+
+
+def generator_objective(adv_a: Tensor, adv_e: Tensor, cycle: Mapping[str, Tensor], lam: float,
+                        identity: Mapping[str, Tensor] | None = None, identity_weight: float = 0.0) -> Tensor:
+    """Eq. (10): l_GA + l_GE + lam * l_r with l_r = the sum of the three cycle terms (eq. (13)); with
+    `identity_weight` > 0, plus identity_weight * lam * the identity terms (CycleGAN's form: its
+    lambda_identity 0.5 is a fraction of the cycle weight). 0: the paper's objective."""
+    loss = adv_a + adv_e + lam * sum(cycle.values())
+    if identity_weight > 0:
+        if not identity:
+            raise ValueError("identity_weight > 0 needs the identity terms")
+        loss = loss + identity_weight * lam * sum(identity.values())
+    return loss
 
 
 def balanced_accuracy(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -89,7 +104,7 @@ def _images(x: Tensor) -> Tensor:
 
 
 def augmentation_game(F: nn.Module, z_dim: int, lam: float,
-                      real_features: Mapping[str, Tensor] | None = None) -> AdversarialMethod:
+                      real_features: Mapping[str, Tensor] | None = None, identity: float = 0.0) -> AdversarialMethod:
     """Algorithm 1 as an `AdversarialMethod` over loaders "p" (X_p) and "f" (X~_f), each yielding (x, y, index).
 
     forward runs the generator side once: z ~ U[0, 1]^z_dim (global RNG), G_A(x_p, z), (G_E, G_L)(x~_f)
@@ -99,7 +114,8 @@ def augmentation_game(F: nn.Module, z_dim: int, lam: float,
     computed once since F is frozen; without it F runs on the real batches. The critics get the
     trainer's detached copy of these outputs, so they see detached fakes; F of a detached fake is the
     detached F of the fake, F being frozen and in eval mode. The generator loss adds the cycle terms,
-    which run G_A and G_E / G_L again.
+    which run G_A and G_E / G_L again; `identity` > 0 adds CycleGAN's identity terms (:func:`identity_losses`,
+    not the paper's) at `identity` x `lam`.
 
     Log keys: "D_f/real", "D_f/fake", "D_f/acc", the same for D_p, "g/adv_a", "g/adv_e", "g/cycle_f",
     "g/cycle_p", "g/cycle_z", "g/cycle" (the trainer adds "<critic>/total" and "g/total").
@@ -132,9 +148,10 @@ def augmentation_game(F: nn.Module, z_dim: int, lam: float,
         return _critic_logs("D_p", real, fake)
 
     def generator_loss(generators, critics, F_, out):  # eq. (10)
-        terms = generator_terms(generators, critics, out)
+        terms = generator_terms(generators, critics, out, identity=identity > 0)
         cycle = {k: terms[f"cycle_{k}"] for k in ("f", "p", "z")}
-        loss = generator_objective(terms["adv_a"], terms["adv_e"], cycle, lam)
+        same = {k: terms[f"identity_{k}"] for k in ("e", "a") if f"identity_{k}" in terms}
+        loss = generator_objective(terms["adv_a"], terms["adv_e"], cycle, lam, same, identity)
         logs = {f"g/{k}": v.item() for k, v in terms.items()}
         logs["g/cycle"] = sum(v.item() for v in cycle.values())
         return loss, logs
@@ -150,12 +167,19 @@ def _critic_logs(name: str, real: Tensor, fake: Tensor):
 
 
 def generator_terms(generators: Mapping[str, nn.Module], critics: Mapping[str, nn.Module],
-                    out: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The terms of eq. (10) on `forward`'s outputs (with their graph): adv_a (11), adv_e (12), cycle_f/p/z (13)."""
+                    out: Mapping[str, Tensor], identity: bool = False) -> dict[str, Tensor]:
+    """The terms of eq. (10) on `forward`'s outputs (with their graph): adv_a (11), adv_e (12), cycle_f/p/z (13);
+    with `identity`, also identity_e / identity_a (:func:`identity_losses`; z of the batch for G_A's)."""
     G_A, G_EL = generators["G_A"], generators["G_EL"]
     reconstructed_f = G_A(out["eliminated"], out["latent"])  # G_A(G_E(x~_f), G_L(x~_f))
     eliminated_augmented, latent_augmented = G_EL(out["augmented"])  # G_E(G_A(x_p, z)), G_L(G_A(x_p, z))
     cycle = cycle_losses(out["x_f"], reconstructed_f, out["x_p"], eliminated_augmented, out["z"], latent_augmented)
-    return {"adv_a": nonsaturating_loss(critics["D_f"](out["h_augmented"])),
-            "adv_e": nonsaturating_loss(critics["D_p"](out["h_eliminated"])),
-            **{f"cycle_{k}": v for k, v in cycle.items()}}
+    terms = {"adv_a": nonsaturating_loss(critics["D_f"](out["h_augmented"])),
+             "adv_e": nonsaturating_loss(critics["D_p"](out["h_eliminated"])),
+             **{f"cycle_{k}": v for k, v in cycle.items()}}
+    if identity:
+        x_f = out["x_f"]
+        z = out["z"] if len(out["z"]) == len(x_f) else torch.rand(len(x_f), out["z"].shape[1], device=x_f.device)
+        same = identity_losses(out["x_p"], G_EL(out["x_p"])[0], x_f, G_A(x_f, z))
+        terms.update({f"identity_{k}": v for k, v in same.items()})
+    return terms

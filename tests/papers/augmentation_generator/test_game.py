@@ -16,7 +16,7 @@ from papers.augmentation_generator import game
 from papers.augmentation_generator.config import GameConfig
 from papers.augmentation_generator.losses import (augmentation_game, balanced_accuracy, critic_loss,
                                                   cycle_losses, generator_objective, generator_terms,
-                                                  nonsaturating_loss)
+                                                  identity_losses, nonsaturating_loss)
 from papers.augmentation_generator.models import (SKIP_EPS, Augmenter, Critic, EliminatorPredictor, GeneratorSpec,
                                                   build_players, load_generators, load_latents, save_generators,
                                                   save_latents)
@@ -98,6 +98,15 @@ def test_losses_match_the_equations_written_out():
     assert balanced_accuracy(torch.ones(3), -torch.ones(4)).item() == 1.0
     with pytest.raises(ValueError, match="one logit per sample"):
         critic_loss(real[:, None], fake)
+    # CycleGAN's identity terms (off by default): e = |G_E(x_p) - x_p|, a = |G_A(x~_f, z) - x~_f|, at weight w x lam
+    same = identity_losses(a, b, c, d)
+    assert same["e"].item() == pytest.approx(naive(b, a), rel=1e-5)
+    assert same["a"].item() == pytest.approx(naive(d, c), rel=1e-5)
+    with_identity = generator_objective(torch.tensor(0.5), torch.tensor(0.25), terms, 10.0, same, identity_weight=0.5)
+    assert with_identity.item() == pytest.approx(total.item() + 0.5 * 10 * (naive(b, a) + naive(d, c)), rel=1e-5)
+    assert generator_objective(torch.tensor(0.5), torch.tensor(0.25), terms, 10.0, same).item() == total.item()
+    with pytest.raises(ValueError, match="identity terms"):
+        generator_objective(torch.tensor(0.5), torch.tensor(0.25), terms, 10.0, None, identity_weight=0.5)
 
 
 def test_models_have_the_papers_shape():
@@ -170,6 +179,12 @@ def test_g_l_learns_from_the_cycle_loss_only_g_a_and_g_e_from_both():
             assert all(g is None or g == 0 for g in from_adv), "G_L's head got a gradient from the adversarial terms"
         else:
             assert all(g is not None and g > 0 for g in from_adv), f"{name} gets no gradient from l_GA + l_GE"
+    # the identity terms (not the paper's, off by default) train G_A and G_E, never G_L's head
+    same = generator_terms(generators, critics, out, identity=True)
+    assert set(same) - set(terms) == {"identity_e", "identity_a"}
+    identity_grads = {name: _grads(same["identity_e"] + same["identity_a"], params) for name, params in groups.items()}
+    assert all(g is not None and g > 0 for name in ("G_A", "G_E", "trunk") for g in identity_grads[name])
+    assert all(g is None or g == 0 for g in identity_grads["G_L"])
     # the generator loss depends on the critics (the trainer must discard that gradient) and never on F
     assert all(g > 0 for g in _grads(adversarial, [p for c in critics.values() for p in c.parameters()]))
     assert not any(p.requires_grad for p in F.parameters())
