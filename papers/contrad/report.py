@@ -13,7 +13,8 @@ Reads the evaluate stage's metrics files (`<eval-dir>/<run>/table1_fid.json`,
                       row `diffaugment_cc` (color, cutout: the official command's policy) beside it
   table3.md/.json     linear evaluation of D vs the paper's, with deltas
   fid_over_training.png   FID of each method over training steps (mean and spread over seeds)
-  samples.png         the last sample grid of each GAN method (seed 0), labelled with the method
+  samples.png         the last sample grid of each GAN method (seed 0), labelled with the method (kept as
+                      committed when the eval folder holds no seed-0 run: a later session's seeds)
   <table>_vs_reported.png  per table: each row's seeds, mean ± std beside the paper's number (shared.report)
   claims.json         the two claims' tests and verdicts (shared.claims): FID, best of k (one-sided
                       Welch t-tests vs each other method, both DiffAugment policies when both ran,
@@ -24,6 +25,8 @@ Reads the evaluate stage's metrics files (`<eval-dir>/<run>/table1_fid.json`,
                       and `collapsed`, the runs left out; the verdicts
   runs/eval/<run>/*.json  every record read, committed: the committed copies under <out>/runs (or
                       --runs) are read with --eval-dir (its records win), --from-runs reads them alone
+                      (runs from several sessions combine this way; runs of one table and architecture
+                      must share their protocol, `SAME_PROTOCOL`, or the report stops naming them)
 With --log each table becomes an MLflow comparison run (reported/…, reproduced/…, delta/…).
 Collapsed runs (the train stage's `collapsed`: the best G_ema's sample diversity below
 `train.collapse_threshold`) are left out of every table mean, curve mean and claim; the tables' notes,
@@ -70,6 +73,30 @@ def split_row(row: str) -> tuple[str, str]:
 def run_name(record: records.MetricsRecord) -> str:
     """`<architecture>_<method>_seed<seed>`, the run's folder name."""
     return f"{record.row.rsplit('_', 1)[0]}_seed{record.seed}"
+
+
+# What every run combined into one table must share, per architecture: the training length and the FID's sample
+# counts (Table 1 records), the linear evaluation (Table 3). Runs of one table may come from several sessions
+# (their records committed under runs/), so a stale copy from an earlier protocol would otherwise be averaged in.
+SAME_PROTOCOL = {"table1_fid.json": ("steps", "kimg", "fid_samples", "fid_n_generated", "fid_n_reference"),
+                 "table1_is.json": ("steps", "kimg", "fid_samples"),
+                 "table3.json": ("protocol",)}
+
+
+def check_one_protocol(read: dict[str, list[tuple[Path, records.MetricsRecord]]]) -> None:
+    """ValueError naming the runs when the records of one table and architecture differ in
+    :data:`SAME_PROTOCOL`'s keys (e.g. a 4,000-step seed beside 10,000-step ones)."""
+    for name, keys in SAME_PROTOCOL.items():
+        groups: dict[str, dict[str, list[str]]] = {}
+        for path, record in read.get(name, []):
+            setting = json.dumps({k: record.extra.get(k) for k in keys}, sort_keys=True)
+            groups.setdefault(split_row(record.row)[0], {}).setdefault(setting, []).append(f"{run_name(record)} ({path})")
+        for arch, settings in sorted(groups.items()):
+            if len(settings) > 1:
+                listed = "; ".join(f"{s}: {', '.join(sorted(runs))}" for s, runs in sorted(settings.items()))
+                raise ValueError(f"{name}: the {arch} runs come from different protocols ({listed}); a table "
+                                 f"combines runs of one protocol: re-run the odd ones or remove their stale "
+                                 f"copies under <out>/runs/eval")
 
 
 def collapsed_runs(found: list[records.MetricsRecord]) -> list[dict]:
@@ -272,6 +299,7 @@ def make_report(reported: Path, eval_dir: Path | None, scale: str, out: Path, al
     fid_files = found["table1_fid.json"].paths()
     kind = detector_kind(fid_files)
     read = {name: [(f, records.read(f)) for f in g.paths()] for name, g in found.items()}
+    check_one_protocol(read)
     collapsed = collapsed_runs([r for pairs in read.values() for _, r in pairs])
     # what the tables average: the paper's rows, collapsed runs left out; the extra rows go beside them
     kept = {name: [(f, r) for f, r in pairs if r.extra.get("collapsed") is not True] for name, pairs in read.items()}
@@ -295,7 +323,10 @@ def make_report(reported: Path, eval_dir: Path | None, scale: str, out: Path, al
     verdicts = claims(comparisons["table1_fid"], comparisons["table3"], doc, extra_fid, collapsed)
     report = Report(PAPER, scale, out, comparisons, verdicts, allow_dirty=allow_dirty)
     report.save_figure("fid_over_training.png", fid_over_training(fid_files, scale))
-    if eval_dir is not None:  # the grids are not records: a report from runs/ keeps the committed figure
+    # the grids are not records: a report from runs/ keeps the committed figure, and so does one whose stage
+    # folder holds no seed-0 run (a later session's seeds; the figure shows seed 0)
+    if eval_dir is not None and (any(Path(eval_dir).glob("*_seed0/samples.png"))
+                                 or not (out / "samples.png").is_file()):
         report.save_figure("samples.png", sample_figure(eval_dir, scale))
     report.write_claims("the tests are this suite's, not the paper's; fewer than 2 seeds in a setup -> inconclusive; "
                         "an in-domain FID ranks methods but is not the paper's Inception FID; runs whose samples "

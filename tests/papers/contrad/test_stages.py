@@ -316,3 +316,40 @@ def test_the_stylegan2_block_uses_the_official_stylegan2_settings_and_heads_on_t
     loss.backward()
     assert [n for n, p in D.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
     assert all(p.grad is None for p in G.parameters())
+
+
+def test_report_combines_sessions_but_refuses_runs_of_another_protocol_and_keeps_seed0_grids(tmp_path):
+    """Seeds run in a later session combine with the committed copies of earlier ones; a committed copy from
+    another training length is named, not averaged in; the committed seed-0 sample figure survives a report whose
+    stage folder holds only later seeds."""
+    from papers.contrad.report import make_report
+    from shared.config import REPO_ROOT
+
+    reported, out = REPO_ROOT / "papers/contrad/reported.yaml", tmp_path / "results"
+    methods = ("baseline", "diffaugment", "cr", "bcr", "contrad")
+
+    def session(eval_dir, seeds, steps):
+        for seed in seeds:
+            protocol = {"steps": steps, "kimg": steps * 32 / 1000, "fid_samples": 2000}
+            for method in methods:
+                _eval_record(eval_dir, method, seed, "table1_fid.json", {"fid_indomain": 20.0 + seed}, protocol)
+                _eval_record(eval_dir, method, seed, "table1_is.json", {"is_indomain": 2.0}, protocol)
+            for method in ("simclr", "contrad"):
+                _eval_record(eval_dir, method, seed, "table3.json", {"linear_eval_acc": 40.0 + seed},
+                             {"protocol": {"repeats": 3}})
+
+    session(tmp_path / "first", [0], 10_000)
+    from PIL import Image
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "first" / "sndcgan_contrad_seed0" / "samples.png")
+    make_report(reported, tmp_path / "first", "mini", out)
+    figure = (out / "samples.png").read_bytes()
+    session(tmp_path / "second", [1, 2], 10_000)
+    make_report(reported, tmp_path / "second", "mini", out)
+    rows = {r["id"]: r for r in json.loads((out / "table1_fid.json").read_text())["rows"]}
+    assert rows["sndcgan_contrad_c10"]["seeds"] == [0, 1, 2]
+    assert (out / "samples.png").read_bytes() == figure  # seed 0's figure, not an empty one
+
+    session(tmp_path / "stale", [2], 4_000)
+    with pytest.raises(ValueError, match=r"table1_fid.json: the sndcgan runs come from different protocols.*"
+                                         r"sndcgan_baseline_seed2"):
+        make_report(reported, tmp_path / "stale", "mini", tmp_path / "other", runs=out / "runs")
