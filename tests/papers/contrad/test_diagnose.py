@@ -1,0 +1,47 @@
+"""The image statistics of papers/contrad/diagnose.py against a naive per-pixel reference (colorsys, numpy)."""
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+
+from papers.contrad.diagnose import STATS, image_stats
+
+
+def naive_stats(x: np.ndarray) -> dict[str, float]:
+    f = x.astype(np.float64) / 255
+    n, _, h, w = f.shape
+    saturation = [colorsys.rgb_to_hsv(*f[i, :, r, c])[1] for i in range(n) for r in range(h) for c in range(w)]
+    diffs = []
+    for i in range(n):
+        for ch in range(3):
+            for r in range(h):
+                for c in range(w):
+                    if r + 1 < h:
+                        diffs.append(abs(f[i, ch, r + 1, c] - f[i, ch, r, c]))
+                    if c + 1 < w:
+                        diffs.append(abs(f[i, ch, r, c + 1] - f[i, ch, r, c]))
+    return {"mean_r": f[:, 0].mean(), "mean_g": f[:, 1].mean(), "mean_b": f[:, 2].mean(),
+            "std_r": f[:, 0].std(ddof=1), "std_g": f[:, 1].std(ddof=1), "std_b": f[:, 2].std(ddof=1),
+            "saturation": float(np.mean(saturation)),
+            "contrast": float(np.mean([f[i].std(ddof=1) for i in range(n)])), "sharpness": float(np.mean(diffs))}
+
+
+def test_image_stats_match_a_per_pixel_reference():
+    x = np.random.default_rng(0).integers(0, 256, size=(3, 3, 5, 4), dtype=np.uint8)
+    x[0, :, 0, 0] = 0  # a black pixel: saturation 0, as colorsys has it
+    got, want = image_stats(torch.from_numpy(x)), naive_stats(x)
+    assert list(got) == list(STATS)
+    for key in STATS:
+        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+
+
+def test_image_stats_see_a_colour_shift_and_a_blur():
+    x = torch.from_numpy(np.random.default_rng(1).integers(0, 200, size=(4, 3, 8, 8), dtype=np.uint8))
+    shifted = x.clone()
+    shifted[:, 0] += 50
+    assert image_stats(shifted)["mean_r"] - image_stats(x)["mean_r"] == pytest.approx(50 / 255)
+    flat = x.float().mean(dim=(2, 3), keepdim=True).expand_as(x).round().to(torch.uint8)
+    assert image_stats(flat)["sharpness"] == 0 and image_stats(x)["sharpness"] > 0.1
+    with pytest.raises(ValueError, match="uint8"):
+        image_stats(x.float())
