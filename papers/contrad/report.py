@@ -90,7 +90,8 @@ def check_one_protocol(read: dict[str, list[tuple[Path, records.MetricsRecord]]]
         groups: dict[str, dict[str, list[str]]] = {}
         for path, record in read.get(name, []):
             setting = json.dumps({k: record.extra.get(k) for k in keys}, sort_keys=True)
-            groups.setdefault(split_row(record.row)[0], {}).setdefault(setting, []).append(f"{run_name(record)} ({path})")
+            runs = groups.setdefault(split_row(record.row)[0], {}).setdefault(setting, [])
+            runs.append(f"{run_name(record)} ({path})")
         for arch, settings in sorted(groups.items()):
             if len(settings) > 1:
                 listed = "; ".join(f"{s}: {', '.join(sorted(runs))}" for s, runs in sorted(settings.items()))
