@@ -55,8 +55,8 @@ def run_samples(run_dir: Path, n: int, device: torch.device) -> Tensor | None:
     best = checkpoint.load(run_dir / "best.pt", map_location=device)
     if best is None:
         return None
-    trained = records.read(run_dir / "metrics.json").extra
-    cfg = config.load_section(TrainStageConfig, PARAMS, "train", records.read(run_dir / "metrics.json").scale)
+    record = records.read(run_dir / "metrics.json")
+    trained, cfg = record.extra, config.load_section(TrainStageConfig, PARAMS, "train", record.scale)
     G, _ = build_models(trained["architecture"], trained["method"], cfg)
     G.load_state_dict(best["G_ema"])
     prior = trained.get("latent_prior") or cfg.architectures[trained["architecture"]].latent_prior
