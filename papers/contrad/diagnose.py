@@ -10,8 +10,11 @@ drift than Inception.
 For every run folder under `--train-dir` holding `best.pt`, `--n` samples of that G_ema (the latent prior of
 its config, sampling seed 0) and `--n` test images (a stratified draw, seed 0) get the same statistics
 (:func:`image_stats`): per-channel mean and standard deviation of the pixel values in [0, 1], the mean HSV
-saturation, the mean per-image standard deviation (contrast) and the mean absolute difference between
-neighbouring pixels (sharpness).
+saturation, the mean per-image standard deviation (contrast), the mean absolute difference between
+neighbouring pixels (sharpness) and the mean absolute response of every 2x2 window to the checkerboard filter
+[[1, -1], [-1, 1]] / 4 (checkerboard: the pixel-period pattern a strided transposed convolution leaves; 0 on any
+image that is a sum of a row profile and a column profile, such as a ramp or an edge, and the amplitude a on a
+checkerboard of +-a).
 Writes one JSON file: {"test": stats, "runs": {run: stats}, "n": n, "provenance": ...}, and prints a table.
 """
 from __future__ import annotations
@@ -32,7 +35,8 @@ from shared.io import atomic_write_text
 from shared.provenance import provenance
 from shared.trainers.gan import sample_images
 
-STATS = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "saturation", "contrast", "sharpness")
+STATS = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "saturation", "contrast", "sharpness",
+         "checkerboard")
 
 
 def image_stats(x: Tensor) -> dict[str, float]:
@@ -45,8 +49,9 @@ def image_stats(x: Tensor) -> dict[str, float]:
     saturation = torch.where(high > 0, (high - low) / high.clamp(min=1e-12), torch.zeros_like(high))
     neighbours = torch.cat([(f[..., 1:, :] - f[..., :-1, :]).abs().flatten(1),
                             (f[..., :, 1:] - f[..., :, :-1]).abs().flatten(1)], dim=1)
+    checker = (f[..., :-1, :-1] - f[..., :-1, 1:] - f[..., 1:, :-1] + f[..., 1:, 1:]).abs() / 4
     values = [*channel_mean.tolist(), *channel_std.tolist(), saturation.mean().item(),
-              f.flatten(1).std(dim=1).mean().item(), neighbours.mean().item()]
+              f.flatten(1).std(dim=1).mean().item(), neighbours.mean().item(), checker.mean().item()]
     return dict(zip(STATS, values, strict=True))
 
 

@@ -21,7 +21,9 @@ def naive_stats(x: np.ndarray) -> dict[str, float]:
                         diffs.append(abs(f[i, ch, r + 1, c] - f[i, ch, r, c]))
                     if c + 1 < w:
                         diffs.append(abs(f[i, ch, r, c + 1] - f[i, ch, r, c]))
-    return {"mean_r": f[:, 0].mean(), "mean_g": f[:, 1].mean(), "mean_b": f[:, 2].mean(),
+    checker = [abs(f[i, ch, r, c] - f[i, ch, r, c + 1] - f[i, ch, r + 1, c] + f[i, ch, r + 1, c + 1]) / 4
+               for i in range(n) for ch in range(3) for r in range(h - 1) for c in range(w - 1)]
+    return {"checkerboard": float(np.mean(checker)), "mean_r": f[:, 0].mean(), "mean_g": f[:, 1].mean(), "mean_b": f[:, 2].mean(),
             "std_r": f[:, 0].std(ddof=1), "std_g": f[:, 1].std(ddof=1), "std_b": f[:, 2].std(ddof=1),
             "saturation": float(np.mean(saturation)),
             "contrast": float(np.mean([f[i].std(ddof=1) for i in range(n)])), "sharpness": float(np.mean(diffs))}
@@ -45,3 +47,13 @@ def test_image_stats_see_a_colour_shift_and_a_blur():
     assert image_stats(flat)["sharpness"] == 0 and image_stats(x)["sharpness"] > 0.1
     with pytest.raises(ValueError, match="uint8"):
         image_stats(x.float())
+
+
+def test_checkerboard_sees_the_pixel_period_pattern_and_not_edges():
+    r, c = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    ramp = (r * 10 + c * 20).expand(2, 3, 8, 8).to(torch.uint8)          # sharp, but no checkerboard
+    edge = ((c >= 4) * 200).expand(2, 3, 8, 8).to(torch.uint8)
+    checker = (100 + 51 * (1 - 2 * ((r + c) % 2))).expand(2, 3, 8, 8).to(torch.uint8)  # 100 +- 51
+    assert image_stats(ramp)["checkerboard"] == pytest.approx(0, abs=1e-12) and image_stats(ramp)["sharpness"] > 0.05
+    assert image_stats(edge)["checkerboard"] == pytest.approx(0, abs=1e-12)
+    assert image_stats(checker)["checkerboard"] == pytest.approx(51 / 255)
