@@ -14,12 +14,15 @@ saturation, the mean per-image standard deviation (contrast), the mean absolute 
 neighbouring pixels (sharpness) and the mean absolute response of every 2x2 window to the checkerboard filter
 [[1, -1], [-1, 1]] / 4 (checkerboard: the pixel-period pattern a strided transposed convolution leaves; 0 on any
 image that is a sum of a row profile and a column profile, such as a ramp or an edge, and the amplitude a on a
-checkerboard of +-a).
+checkerboard of +-a). `checkerboard_in_view` is the checkerboard statistic of one ContraD view of each image
+(`train.views` at the scale: random-resized crop + flip, colour jitter, grayscale; seeded): how much of the
+pattern ContraD's D, which sees every image only through that augmentation, is still shown.
 Writes one JSON file: {"test": stats, "runs": {run: stats}, "n": n, "provenance": ...}, and prints a table.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -34,6 +37,7 @@ from shared import checkpoint, config, data, records
 from shared.io import atomic_write_text
 from shared.provenance import provenance
 from shared.trainers.gan import sample_images
+from shared.views import SimCLRViewConfig, simclr_view
 
 STATS = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "saturation", "contrast", "sharpness",
          "checkerboard")
@@ -53,6 +57,12 @@ def image_stats(x: Tensor) -> dict[str, float]:
     values = [*channel_mean.tolist(), *channel_std.tolist(), saturation.mean().item(),
               f.flatten(1).std(dim=1).mean().item(), neighbours.mean().item(), checker.mean().item()]
     return dict(zip(STATS, values, strict=True))
+
+
+def checkerboard_in_view(x: Tensor, views: SimCLRViewConfig, seed: int = 0) -> float:
+    """The checkerboard statistic of one SimCLR view (`views`) per uint8 image, drawn from `seed`."""
+    view = simclr_view(x.float() / 255, views, generator=torch.Generator().manual_seed(seed))
+    return image_stats((view * 255).round().to(torch.uint8))["checkerboard"]
 
 
 def run_samples(run_dir: Path, n: int, device: torch.device) -> Tensor | None:
@@ -78,18 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     x, y = data.load_prepared(args.prepared, "test")  # in class order: a stratified draw, as evaluate's subsets
     test = torch.from_numpy(x[data.stratified_subset(y, args.n // len(np.unique(y)), seed=0)])
-    result = {"n": args.n, "test": image_stats(test), "runs": {}}
+    views = config.load_section(TrainStageConfig, PARAMS, "train", config.load_suite().scale).views
+    result = {"n": args.n, "views": dataclasses.asdict(views),
+              "test": {**image_stats(test), "checkerboard_in_view": checkerboard_in_view(test, views)}, "runs": {}}
     for run_dir in sorted(p for p in args.train_dir.iterdir() if (p / "metrics.json").is_file()):
         samples = run_samples(run_dir, args.n, device)
         if samples is not None:
-            result["runs"][run_dir.name] = image_stats(samples)
+            result["runs"][run_dir.name] = {**image_stats(samples),
+                                            "checkerboard_in_view": checkerboard_in_view(samples, views)}
     if not result["runs"]:
         raise SystemExit(f"error: no run folder under {args.train_dir} holds best.pt")
     result["provenance"] = provenance()
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print("| images | " + " | ".join(STATS) + " |\n|---|" + "---|" * len(STATS))
+    columns = (*STATS, "checkerboard_in_view")
+    print("| images | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
     for name, stats in [("CIFAR-10 test", result["test"]), *result["runs"].items()]:
-        print(f"| {name} | " + " | ".join(f"{stats[k]:.3f}" for k in STATS) + " |")
+        print(f"| {name} | " + " | ".join(f"{stats[k]:.4f}" for k in columns) + " |")
     return 0
 
 

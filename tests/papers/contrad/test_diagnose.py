@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from papers.contrad.diagnose import STATS, image_stats
+from papers.contrad.diagnose import STATS, checkerboard_in_view, image_stats
+from shared.views import SimCLRViewConfig
 
 
 def naive_stats(x: np.ndarray) -> dict[str, float]:
@@ -57,3 +58,16 @@ def test_checkerboard_sees_the_pixel_period_pattern_and_not_edges():
     assert image_stats(ramp)["checkerboard"] == pytest.approx(0, abs=1e-12) and image_stats(ramp)["sharpness"] > 0.05
     assert image_stats(edge)["checkerboard"] == pytest.approx(0, abs=1e-12)
     assert image_stats(checker)["checkerboard"] == pytest.approx(51 / 255)
+
+
+def test_checkerboard_in_view_is_the_statistic_of_the_view():
+    r, c = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    checker = (100 + 51 * (1 - 2 * ((r + c) % 2))).expand(8, 3, 16, 16).to(torch.uint8).contiguous()
+    identity = SimCLRViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
+                                grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+    assert checkerboard_in_view(checker, identity) == pytest.approx(image_stats(checker)["checkerboard"], abs=1e-3)
+    crops = SimCLRViewConfig(crop_scale=(0.2, 0.5), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0,
+                             solarize_p=0.0)  # upsampled crops: bilinear interpolation smooths the pattern
+    seen = checkerboard_in_view(checker, crops)
+    assert seen < 0.5 * image_stats(checker)["checkerboard"]
+    assert checkerboard_in_view(checker, crops, seed=0) == seen != checkerboard_in_view(checker, crops, seed=1)
