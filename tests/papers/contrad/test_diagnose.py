@@ -24,7 +24,8 @@ def naive_stats(x: np.ndarray) -> dict[str, float]:
                         diffs.append(abs(f[i, ch, r, c + 1] - f[i, ch, r, c]))
     checker = [abs(f[i, ch, r, c] - f[i, ch, r, c + 1] - f[i, ch, r + 1, c] + f[i, ch, r + 1, c + 1]) / 4
                for i in range(n) for ch in range(3) for r in range(h - 1) for c in range(w - 1)]
-    return {"checkerboard": float(np.mean(checker)), "mean_r": f[:, 0].mean(), "mean_g": f[:, 1].mean(), "mean_b": f[:, 2].mean(),
+    return {"checkerboard": float(np.mean(checker)),
+            "mean_r": f[:, 0].mean(), "mean_g": f[:, 1].mean(), "mean_b": f[:, 2].mean(),
             "std_r": f[:, 0].std(ddof=1), "std_g": f[:, 1].std(ddof=1), "std_b": f[:, 2].std(ddof=1),
             "saturation": float(np.mean(saturation)),
             "contrast": float(np.mean([f[i].std(ddof=1) for i in range(n)])), "sharpness": float(np.mean(diffs))}
