@@ -189,15 +189,16 @@ class Gathered:
 
 
 def gather(folder: str | os.PathLike | None, mirror: str | os.PathLike | None, name: str = "metrics.json", *,
-           exclude: str | os.PathLike | None = None, recursive: bool = True, hint: str = "") -> Gathered:
+           exclude: str | os.PathLike | None = None, recursive: bool = True, hint: str = "",
+           optional: bool = False) -> Gathered:
     """The records named ``name`` under a stage's ``folder`` and under ``mirror``, their committed
     copies (``<results>/<scale>/runs/<stage folder>``, same relative names); skip markers are passed over.
 
     Where both hold one name, ``folder``'s is read (a note says so when the two differ: the newer run
     wins), and a skip marker there hides the copy (the scale no longer makes that run). ``folder``
     None reads the copies alone (a report's ``--from-runs``); a ``folder`` that does not exist is read
-    as empty, with a note, when ``mirror`` holds records, else FileNotFoundError (with ``hint``: how
-    to make it). Files under ``exclude`` (a report's own output folder) or ``mirror`` are not read
+    as empty, with a note, when ``mirror`` holds records or ``optional`` is set (a stage the scale may
+    not make), else FileNotFoundError (with ``hint``: how to make it). Files under ``exclude`` (a report's own output folder) or ``mirror`` are not read
     from ``folder``. ``recursive=False`` looks at ``<folder>/<name>`` alone.
     """
     def scan(root: Path, skip: list[Path]) -> tuple[dict[str, Path], set[str]]:
@@ -222,8 +223,8 @@ def gather(folder: str | os.PathLike | None, mirror: str | os.PathLike | None, n
         if folder.is_dir():
             skip = [Path(p).resolve() for p in (exclude, mirror) if p is not None]
             own, skipped = scan(folder, skip)
-        elif copies:
-            _note(f"{folder} does not exist: reading the committed records in {mirror} alone")
+        elif copies or optional:
+            _note(f"{folder} does not exist: reading the committed records in {mirror} alone, if any")
         else:
             raise FileNotFoundError(f"metrics folder {folder} does not exist"
                                     + (f" and {mirror} holds no records" if mirror is not None else "")

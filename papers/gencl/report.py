@@ -530,15 +530,6 @@ def copy_grids(sources: dict[str, Path | None], out: Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- the report
 
-def gather_optional(folder: Path | None, mirror: Path, name: str, out: Path,
-                    recursive: bool = True) -> records.Gathered:
-    """Records named ``name`` under a stage folder with their committed copies; a missing folder reads as none."""
-    if folder is not None and not Path(folder).is_dir():
-        print(f"note: {folder} does not exist: its records are read from {mirror} alone, if any", file=sys.stderr)
-        folder = None
-    return records.gather(folder, mirror, name, exclude=out, recursive=recursive, hint=HINT)
-
-
 def make_report(args) -> Report:
     """The report at one scale from the stages' records and their committed copies (``--from-runs``: the copies
     alone)."""
@@ -547,10 +538,12 @@ def make_report(args) -> Report:
     own = (lambda d: None) if args.from_runs else (lambda d: d)
     doc = load_reported(args.reported)
     found = records.gather(own(args.eval_dir), runs / "eval", "metrics.json", exclude=out, hint=HINT)
-    cost_found = {t: gather_optional(own(args.cost_dir), runs / "cost", f"{t}.json", out) for t in COST_TABLES}
+    cost_found = {t: records.gather(own(args.cost_dir), runs / "cost", f"{t}.json", exclude=out, hint=HINT,
+                                    optional=True) for t in COST_TABLES}
     generators_dir = own(args.generators_dir)
-    generators = {name: gather_optional(None if generators_dir is None else generators_dir / rel,
-                                        runs / "generators" / name, "metrics.json", out, recursive=False)
+    generators = {name: records.gather(None if generators_dir is None else generators_dir / rel,
+                                       runs / "generators" / name, exclude=out, recursive=False, hint=HINT,
+                                       optional=True)
                   for name, rel in GENERATORS}
     evaluated = load_evaluated(found.paths(), args.scale)
     if not evaluated:

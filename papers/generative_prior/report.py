@@ -367,14 +367,6 @@ def convergence_figure(runs: list[Run], scale: str):
 
 # ---------------------------------------------------------------- the priors' records and pictures
 
-def gather_optional(folder: Path | None, mirror: Path, out: Path) -> records.Gathered:
-    """A prior stage's records with their committed copies; a stage folder that does not exist reads as none."""
-    if folder is not None and not Path(folder).is_dir():
-        print(f"note: {folder} does not exist: its records are read from {mirror} alone, if any", file=sys.stderr)
-        folder = None
-    return records.gather(folder, mirror, "metrics.json", exclude=out, hint=HINT)
-
-
 def copy_grids(dirs: dict[str, Path | None], out: Path) -> dict[str, Path]:
     """Copy the priors' pictures into ``out`` (the GAN's: its last grid); returns every one ``out`` holds."""
     held = {}
@@ -404,7 +396,8 @@ def make_report(reported: Path, pretrain_dir: Path | None, ebm_dir: Path | None,
     doc = load_reported(reported)
     pretrain = records.gather(pretrain_dir, runs / "pretrain", "metrics.json", exclude=out, hint=HINT)
     dirs = {"ebm": ebm_dir, "langevin": langevin_dir, "gan": gan_dir}
-    priors = {stage: gather_optional(dirs[stage], runs / stage, out) for stage in GENERATOR_STAGES}
+    priors = {stage: records.gather(dirs[stage], runs / stage, exclude=out, hint=HINT, optional=True)
+              for stage in GENERATOR_STAGES}
     found = load_runs(pretrain.paths(), scale)
     if not found:
         print(f"warning: no pretrain records under {pretrain_dir} or {runs / 'pretrain'}: every row is 'not run'",

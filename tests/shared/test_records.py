@@ -105,6 +105,7 @@ def test_gather_from_the_copies_alone_and_missing_folders(tmp_path, capsys):
     assert "does not exist: reading the committed records" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="gone does not exist and .*empty holds no records: run it"):
         records.gather(tmp_path / "gone", tmp_path / "empty", hint="run it")
+    assert records.gather(tmp_path / "gone", tmp_path / "empty", optional=True).files == {}  # a stage not made
     assert records.gather(None, tmp_path / "empty").files == {}
     single = records.gather(tmp_path / "gone", mirror / "a_seed0", "metrics.json", recursive=False)
     assert list(single.files) == ["metrics.json"]
