@@ -3,7 +3,8 @@
     python -m papers.gencl.cost --params papers/gencl/params.yaml --prepared data/prepared/tinyimagenet100 \
         [--indices <SSL set rows .npy>] --noise <noise.npy> --mask <mask.npy> \
         --tokenizer <tokenizer.pt> --inpainter <inpainter.pt> --icgan <IC-GAN train folder> \
-        --encoder <the instance-feature encoder of the IC-GAN features stage> --out <folder> [--metrics <flat json>]
+        --encoder <the instance-feature encoder of the IC-GAN features stage> --out <folder> [--metrics <flat json>] \
+        [--rows <a subset of noise mask crop jitter blur>]
 
 For each of Table 4's rows, on the SSL set (`prepared train[indices]`, all train rows without `--indices`):
 
@@ -32,6 +33,9 @@ Measured (section `cost` of params.yaml, `CostConfig`):
   recorded beside the times.
 - Parameters of each generator (`count_parameters`): the IC-GAN's encoder and G, the tokenizer (with its EMA
   codebook, `papers.gencl.vq.n_parameters`) and the in-painter.
+
+`--rows` measures some rows alone (the DVC stage: all five), e.g. the mask-based row again after a new
+in-painter without the IC-GAN's files; the time ratios are then those among the rows measured.
 
 Writes in `--out`: per row one record per Table 4 column, `rows/<row>/table4_fid.json`, `table4_ssim.json`,
 `table4_time_ms.json` (and `table4_params_m.json` for noise and mask: crop, jitter and blur print N/A), each with
@@ -334,30 +338,48 @@ def cost_figure(fid: dict[str, float], fid_label: str, fid_n: int, ssims: dict[s
 
 # ---------------------------------------------------------------- the stage
 
+INPUTS = {"noise": ("noise", "icgan", "encoder"), "mask": ("mask", "tokenizer", "inpainter")}  # row -> its args
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Every input file the rows in ``--rows`` need was given (a generator's row needs its generator)."""
+    for row, names in INPUTS.items():
+        missing = [f"--{n}" for n in names if getattr(args, n) is None]
+        if row in args.rows and missing:
+            raise ValueError(f"--rows includes {row}: {', '.join(missing)} required")
+
+
 def build_augmentations(args: argparse.Namespace, device: torch.device, seed: int,
                         n_rows: int) -> dict[str, Augmentation]:
+    """The augmentations of ``args.rows`` (Table 4's order)."""
     views = {}
     for row, path, stage_name in (("noise", args.noise, "noise_augment"), ("mask", args.mask, "mask_augment")):
+        if row not in args.rows:
+            continue
         views[row] = PrecomputedViews(path, stage=f"papers/gencl/dvc.yaml:{stage_name}")
         if len(views[row]) != n_rows:
             raise ValueError(f"{path} holds {len(views[row])} generated images, the SSL set {n_rows}: made for "
                              f"another --indices")
-    noise_single, noise_params = noise_path(args.icgan, args.encoder, device, seed + SEED_OFFSETS["noise"])
-    settings = mask_settings(views["mask"])
-    mask_single, mask_params = mask_path(args.tokenizer, args.inpainter, settings, device, seed + SEED_OFFSETS["mask"])
-    augs = {
-        "noise": Augmentation("noise", precomputed_batch(views["noise"]), noise_single, noise_params,
-                              "stored IC-GAN images; timed: encoder + G"),
-        "mask": Augmentation("mask", precomputed_batch(views["mask"]), mask_single, mask_params,
-                             f"stored in-painted images; timed: VQ encode + border-{settings['border']} mask + "
-                             f"{settings['iterations']}-iteration decode + VQ decode"),
-    }
+    augs = {}
+    if "noise" in views:
+        noise_single, noise_params = noise_path(args.icgan, args.encoder, device, seed + SEED_OFFSETS["noise"])
+        augs["noise"] = Augmentation("noise", precomputed_batch(views["noise"]), noise_single, noise_params,
+                                     "stored IC-GAN images; timed: encoder + G")
+    if "mask" in views:
+        settings = mask_settings(views["mask"])
+        mask_single, mask_params = mask_path(args.tokenizer, args.inpainter, settings, device,
+                                             seed + SEED_OFFSETS["mask"])
+        augs["mask"] = Augmentation("mask", precomputed_batch(views["mask"]), mask_single, mask_params,
+                                    f"stored in-painted images; timed: VQ encode + border-{settings['border']} "
+                                    f"mask + {settings['iterations']}-iteration decode + VQ decode")
     for row in OPS:
-        augs[row] = classic_augmentation(row, device, seed + 100 * SEED_OFFSETS[row])
+        if row in args.rows:
+            augs[row] = classic_augmentation(row, device, seed + 100 * SEED_OFFSETS[row])
     return augs
 
 
 def run(args: argparse.Namespace) -> dict:
+    check_inputs(args)
     stage = start(PAPER, SECTION, suite_params=args.suite_params, out=args.out, trial=args.seed,
                   metrics=args.metrics)
     cfg = stage.section(CostConfig, args.params, SECTION)
@@ -373,8 +395,9 @@ def run(args: argparse.Namespace) -> dict:
     time_pos = data.evenly_spaced(len(originals), cfg.time_n)
     timing_images = originals[time_pos].to(device).float() / 255
     resolved = {SECTION: config.to_dict(cfg), "prepared": str(args.prepared),
-                "indices": None if args.indices is None else str(args.indices),
-                **{k: str(getattr(args, k)) for k in ("noise", "mask", "tokenizer", "inpainter", "icgan", "encoder")}}
+                "indices": None if args.indices is None else str(args.indices), "rows": list(augs),
+                **{k: None if getattr(args, k) is None else str(getattr(args, k))
+                   for names in INPUTS.values() for k in names}}
     with stage.tracked(resolved, "cost", checkpointed=False) as log:
         scorer = make_scorer(originals[fid_pos], cfg.metrics.inception_weights, cfg.metrics.extractor, device,
                              reference=f"{len(fid_pos)} original SSL-set images (the same rows as the augmented)")
@@ -410,7 +433,8 @@ def run(args: argparse.Namespace) -> dict:
         log.log_figure(fig, "cost.png")
         record = stage.record(flat, fid_n=len(fid_pos), ssim_n=len(ssim_pos), time_n=cfg.time_n,
                               ssl_images=len(originals), image_shape=list(originals.shape[1:]),
-                              parameters={row: augs[row].parameters for row in GENERATORS},
+                              rows=list(augs),
+                              parameters={row: augs[row].parameters for row in GENERATORS if row in augs},
                               notes={row: aug.note for row, aug in augs.items()}, ssim_settings=SSIM_SETTINGS,
                               timing=("batch 1, each call timed alone between device synchronisations, after "
                                       f"{cfg.time_warmup} untimed calls; CPU/GPU times are not the paper's: compare "
@@ -424,12 +448,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__, PARAMS)
     parser.add_argument("--prepared", type=Path, required=True, help="the prepared dataset folder (train.npz)")
     parser.add_argument("--indices", type=Path, default=None, help="the SSL set's train rows (.npy); default all")
-    parser.add_argument("--noise", type=Path, required=True, help="the IC-GAN augment stage's noise.npy")
-    parser.add_argument("--mask", type=Path, required=True, help="the mask augment stage's generated images (.npy)")
-    parser.add_argument("--tokenizer", type=Path, required=True, help="the VQ tokenizer file")
-    parser.add_argument("--inpainter", type=Path, required=True, help="the in-painter file")
-    parser.add_argument("--icgan", type=Path, required=True, help="the IC-GAN train stage's folder (generator.pt)")
-    parser.add_argument("--encoder", type=Path, required=True,
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS),
+                        help="Table 4's rows to measure (default all); a generator's row needs its files below")
+    parser.add_argument("--noise", type=Path, default=None, help="the IC-GAN augment stage's noise.npy")
+    parser.add_argument("--mask", type=Path, default=None, help="the mask augment stage's generated images (.npy)")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="the VQ tokenizer file")
+    parser.add_argument("--inpainter", type=Path, default=None, help="the in-painter file")
+    parser.add_argument("--icgan", type=Path, default=None, help="the IC-GAN train stage's folder (generator.pt)")
+    parser.add_argument("--encoder", type=Path, default=None,
                         help="the instance-feature encoder the IC-GAN features stage used (timed with G)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0, help="the trial index (one run: 0)")

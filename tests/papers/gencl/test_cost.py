@@ -220,6 +220,35 @@ def test_the_stage_writes_table4_records_naming_the_detector(project):
     assert [r.id for r in params_table.rows if r.status == "ok"] == ["noise", "mask"]
 
 
+def _without(args: list[str], *names: str) -> list[str]:
+    """``args`` without the options ``names`` and their values."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in names:
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+def test_a_subset_of_rows_needs_only_its_inputs(project, capsys):
+    tmp_path, args, _ = project
+    no_icgan = _without(args, "--noise", "--icgan", "--encoder")
+    assert cost.main(no_icgan) == 2
+    assert "--rows includes noise: --noise, --icgan, --encoder required" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the missing Inception file's warning
+        assert cost.main(no_icgan + ["--rows", "mask", "crop"]) == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "rows").iterdir()) == ["crop", "mask"]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["rows"] == ["mask", "crop"] and list(summary["parameters"]) == ["mask"]
+    assert set(k for k in summary["metrics"] if k.startswith("time_ratio")) == {"time_ratio_mask_crop"}
+
+
 def test_the_mask_settings_come_from_the_mask_file(project):
     tmp_path, _, _ = project
     assert cost.mask_settings(PrecomputedViews(tmp_path / "mask.npy")) == {"border": 1, "iterations": 3,
