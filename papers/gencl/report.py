@@ -251,12 +251,29 @@ def cost_values(comparisons: dict[str, Comparison]) -> dict[str, dict[str, list[
     return {t: {r.id: list(r.values or []) for r in comparisons[t].rows} for t in COST_TABLES}
 
 
-def time_ratios(times: dict[str, list[float]]) -> dict[str, float]:
-    """mask / other per-image time (the paper: 4.99 vs noise, 26.7-170.6 vs the classic ops)."""
+def measuring_runs(files: list[Path]) -> dict[str, str]:
+    """{row: the cost run that measured it (its record's commit and command)}: per-image times compare only
+    within one run (the same machine and load), FID and SSIM across runs too."""
+    out = {}
+    for path in files:
+        record = records.read(path)
+        out[record.row] = f"{record.provenance.get('commit')} {record.provenance.get('command')}"
+    return out
+
+
+def time_ratios(times: dict[str, list[float]], runs: dict[str, str] | None = None) -> dict[str, float | str]:
+    """mask / other per-image time (the paper: 4.99 vs noise, 26.7-170.6 vs the classic ops), for the rows timed
+    in the mask row's cost run (``runs``: :func:`measuring_runs`); a row timed in another run is named, no ratio."""
     mean = {k: float(np.mean(v)) for k, v in times.items() if v}
     if "mask" not in mean:
         return {}
-    return {f"mask_over_{k}": mean["mask"] / v for k, v in mean.items() if k != "mask" and v > 0}
+    runs = runs or {}
+    apart = sorted(k for k in mean if runs.get(k) != runs.get("mask"))
+    out: dict[str, float | str] = {f"mask_over_{k}": mean["mask"] / v for k, v in mean.items()
+                                   if k != "mask" and k not in apart and v > 0}
+    if apart:
+        out["not_compared"] = f"timed in another cost run than mask's (machine and load differ): {', '.join(apart)}"
+    return out
 
 
 # ---------------------------------------------------------------- claims
@@ -293,9 +310,10 @@ def printed(doc: dict, table: str, *runs: str) -> str:
 
 
 def claims(values: dict[str, dict[str, list[float]]], cost: dict[str, dict[str, list[float]]],
-           doc: dict) -> list[dict]:
+           doc: dict, time_runs: dict[str, str] | None = None) -> list[dict]:
     """The claims of the wave-2 spec (1.B) the runs allow: G1-G9, G11, G14, G15 on per-seed accuracies,
-    G16-G18 as orderings of Table 4's single measurements."""
+    G16-G18 as orderings of Table 4's single measurements (G18's times: ``time_runs``, :func:`measuring_runs`;
+    a pair timed in different cost runs says so)."""
     v = values[METRIC]
 
     def pick(*runs: str, metric: str = METRIC) -> dict[str, list[float]]:
@@ -374,6 +392,13 @@ def claims(values: dict[str, dict[str, list[float]]], cost: dict[str, dict[str, 
     def shown(table: str, *rows: str) -> str:
         return ", ".join(f"{r} {reported[table][r]:g}" for r in rows)
 
+    def timed(result: dict, other: str) -> dict:
+        runs = time_runs or {}
+        if runs.get("mask") == runs.get(other):
+            return result
+        return {**result, "caveat": f"mask and {other} were timed in different cost runs (machine and load differ): "
+                                    "the observed order is not a like-for-like comparison"}
+
     out += [
         claim("G16", "the mask-based augmentations are closer to the originals than the noise-based ones: lower FID",
               "Table 4; Sec. 4.3", "table4_fid records (one set-level FID per augmentation)",
@@ -383,12 +408,13 @@ def claims(values: dict[str, dict[str, list[float]]], cost: dict[str, dict[str, 
               shown("table4_ssim", "mask", "noise"), ordering(ssim, "mask", "noise", higher_is_better=True)),
         claim("G18", "mask-based augmentation is slower per image than noise-based (~5x)", "Table 4; Sec. 4.3",
               "table4_time_ms records (batch 1)", shown("table4_time_ms", "mask", "noise"),
-              ordering(time, "mask", "noise", higher_is_better=True)),
+              timed(ordering(time, "mask", "noise", higher_is_better=True), "noise")),
     ]
     for op in ("crop", "jitter", "blur"):
         out.append(claim(f"G18_{op}", f"mask-based augmentation is slower per image than {op}",
                          "Table 4; Sec. 4.3 (\"27-171 times slower\")", "table4_time_ms records (batch 1)",
-                         shown("table4_time_ms", "mask", op), ordering(time, "mask", op, higher_is_better=True)))
+                         shown("table4_time_ms", "mask", op),
+                         timed(ordering(time, "mask", op, higher_is_better=True), op)))
     return out
 
 
@@ -554,7 +580,8 @@ def make_report(args) -> Report:
     comparisons = compare_eval_tables(args.reported, evaluated, args.scale, out, protocol)
     comparisons.update(compare_cost_tables(args.reported, load_cost(cost_found, args.scale), args.scale, out))
     cost = cost_values(comparisons)
-    verdicts = claims(values, cost, doc)
+    time_runs = measuring_runs(load_cost(cost_found, args.scale)["table4_time_ms"])
+    verdicts = claims(values, cost, doc, time_runs)
 
     report = Report(PAPER, args.scale, out, comparisons, verdicts, allow_dirty=args.allow_dirty)
     if protocol == LINEAR_PROBE:  # the shared figure again, its title saying how the semi columns were measured
@@ -595,7 +622,7 @@ def make_report(args) -> Report:
                                             "paper", **{n: seed_stats(values["knn_top1"][n]) for n in RUN_NAMES}},
                        "time_ratios": {"note": "mean per-image time of the mask-based augmentation over the others' "
                                                "(the paper: 4.99 over noise, 26.7-170.6 over the classic ops)",
-                                       **time_ratios(cost["table4_time_ms"])}},
+                                       **time_ratios(cost["table4_time_ms"], time_runs)}},
         "generators": {name: {rel: h for rel, path in sorted(g.files.items())
                               if (h := stage_headline(path, PAPER, args.scale))} for name, g in generators.items()},
         "figures": sorted(name for name in report.paths if name.endswith(".png")),

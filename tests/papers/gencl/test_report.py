@@ -5,6 +5,7 @@ The synthetic world is built so every verdict is known: column ``c`` of run ``r`
 MEAN[r] + SHIFT[c] + OFFSET[s] (offsets -0.3 / 0 / +0.3: seed std 0.3), so two runs 1 point apart give a Welch t
 of 1 / sqrt(2 * 0.09 / 3) = 4.08 on 4 df (one-sided p = 0.0075).
 """
+import dataclasses
 import json
 from pathlib import Path
 
@@ -226,6 +227,25 @@ def test_claims_fail_where_the_world_goes_the_other_way(tmp_path):
     assert got["G1"]["verdict"] == FAILS and got["G1"]["vs"] == "pair_flip"
     assert got["G14"]["verdict"] == FAILS and "gamma 1" in got["G14"]["reason"]
     assert got["G16"]["verdict"] == INCONCLUSIVE and got["G16"]["observed_direction"] == "opposite"
+
+
+def test_times_from_different_cost_runs_are_not_compared(tmp_path):
+    cost_dir = write_cost(tmp_path / "cost")
+    noise = cost_dir / "rows" / "noise" / "table4_time_ms.json"  # the noise row timed by another run
+    records.write(noise, dataclasses.replace(records.read(noise), provenance={"command": "another"}))
+    files = report.load_cost({t: records.gather(cost_dir, None, f"{t}.json") for t in report.COST_TABLES}, "mini")
+    runs = report.measuring_runs(files["table4_time_ms"])
+    assert runs["noise"] != runs["mask"] == runs["crop"]
+    times = {row: [v] for row, v in COST["table4_time_ms"].items()}
+    ratios = report.time_ratios(times, runs)
+    assert ratios["mask_over_crop"] == pytest.approx(100.0) and "mask_over_noise" not in ratios
+    assert ratios["not_compared"].endswith(": noise")
+    assert report.time_ratios(times)["mask_over_noise"] == pytest.approx(5.0)  # one run: every ratio
+    found = evaluated(write_world(tmp_path / "eval"))
+    values = {m: report.per_seed(found, m) for m in (*report.COLUMNS, *report.EXTRA_METRICS)}
+    comparisons = report.compare_cost_tables(REPORTED, files, "mini", tmp_path / "out")
+    got = {c["id"]: c for c in report.claims(values, report.cost_values(comparisons), load_reported(REPORTED), runs)}
+    assert "different cost runs" in got["G18"]["caveat"] and "caveat" not in got["G18_crop"]
 
 
 def test_missing_runs_and_single_seeds_leave_claims_inconclusive(tmp_path):
