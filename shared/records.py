@@ -198,8 +198,9 @@ def gather(folder: str | os.PathLike | None, mirror: str | os.PathLike | None, n
     wins), and a skip marker there hides the copy (the scale no longer makes that run). ``folder``
     None reads the copies alone (a report's ``--from-runs``); a ``folder`` that does not exist is read
     as empty, with a note, when ``mirror`` holds records or ``optional`` is set (a stage the scale may
-    not make), else FileNotFoundError (with ``hint``: how to make it). Files under ``exclude`` (a report's own output folder) or ``mirror`` are not read
-    from ``folder``. ``recursive=False`` looks at ``<folder>/<name>`` alone.
+    not make), else FileNotFoundError (with ``hint``: how to make it). Files under ``exclude`` (a
+    report's own output folder) or ``mirror`` are not read from ``folder``. ``recursive=False`` looks at
+    ``<folder>/<name>`` alone.
     """
     def scan(root: Path, skip: list[Path]) -> tuple[dict[str, Path], set[str]]:
         found, skipped = {}, set()

@@ -343,9 +343,8 @@ INPUTS = {"noise": ("noise", "icgan", "encoder"), "mask": ("mask", "tokenizer", 
 
 def check_inputs(args: argparse.Namespace) -> None:
     """Every input file the rows in ``--rows`` need was given (a generator's row needs its generator)."""
-    for row, names in INPUTS.items():
-        missing = [f"--{n}" for n in names if getattr(args, n) is None]
-        if row in args.rows and missing:
+    for row in (r for r in INPUTS if r in args.rows):
+        if missing := [f"--{n}" for n in INPUTS[row] if getattr(args, n) is None]:
             raise ValueError(f"--rows includes {row}: {', '.join(missing)} required")
 
 

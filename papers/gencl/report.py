@@ -578,9 +578,10 @@ def make_report(args) -> Report:
     protocol = semi_protocol(evaluated)
     values = {m: per_seed(evaluated, m) for m in (*COLUMNS, *EXTRA_METRICS)}
     comparisons = compare_eval_tables(args.reported, evaluated, args.scale, out, protocol)
-    comparisons.update(compare_cost_tables(args.reported, load_cost(cost_found, args.scale), args.scale, out))
+    cost_files = load_cost(cost_found, args.scale)
+    comparisons.update(compare_cost_tables(args.reported, cost_files, args.scale, out))
     cost = cost_values(comparisons)
-    time_runs = measuring_runs(load_cost(cost_found, args.scale)["table4_time_ms"])
+    time_runs = measuring_runs(cost_files["table4_time_ms"])
     verdicts = claims(values, cost, doc, time_runs)
 
     report = Report(PAPER, args.scale, out, comparisons, verdicts, allow_dirty=args.allow_dirty)
